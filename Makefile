@@ -1,0 +1,47 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# Each creates .venv on first use (torch first, pinned: a looser spec pulls a multi-GB CUDA build here).
+SHELL := /bin/bash
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+export TOKENIZERS_PARALLELISM ?= false
+export PATH := $(CURDIR)/.ci/bin:$(PATH)
+
+.PHONY: install demo test test-nbs test-py readme check-sync clean
+
+$(VENV)/.installed: settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## Fine-tune the offline default model on the bundled textile set, evaluate, report.
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/clip-workbench demo
+
+## Every notebook (slow cells skipped) and the pytest suite.
+test: install test-nbs test-py
+
+test-nbs: install
+	HF_HUB_OFFLINE=1 $(BIN)/nbdev_test --n_workers 2 --timing
+
+test-py: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
+
+## README.md from nbs/index.ipynb (uses .ci/bin/quarto when Quarto itself is absent).
+readme: install
+	$(BIN)/nbdev_readme
+
+## Fail when the notebooks and the package or README disagree.
+check-sync: install
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_clean
+	$(BIN)/nbdev_readme
+	@drift=$$(git status --porcelain -- clip_workbench nbs README.md); \
+	if [ -n "$$drift" ]; then echo "Out of sync with the notebooks (run nbdev_export, nbdev_clean, make readme and commit):"; echo "$$drift"; git --no-pager diff --stat; exit 1; fi
+
+clean:
+	rm -rf $(VENV) _proc _docs
