@@ -878,8 +878,8 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
 
 # %% ../nbs/01_data.ipynb #d729f138
 def collate_batch(samples:Sequence[dict]) -> dict:
-    "Stack a list of sample dicts into a batch dict."
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    "Stack a list of sample dicts into a batch dict; each sample's `label` becomes the batch's `labels`."
+    return {('labels' if k == 'label' else k): torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 def _worker_init(worker_id:int):
     "Seed Python's and NumPy's RNGs in each DataLoader worker from torch's per-worker seed."

@@ -18,7 +18,7 @@ from .core import CLIPFinetuningConfig, ConfigError
 __all__ = ['DOMAINS', 'DomainPreset', 'normalize_class_name', 'register_domain', 'get_domain', 'load_domain', 'domain_template',
            'apply_domain']
 
-# %% ../nbs/07_domains.ipynb #e6d03c2d
+# %% ../nbs/07_domains.ipynb #6bf90bc9
 @dataclass
 class DomainPreset:
     "Everything a domain sets: prompts, class-name normalisation, hyperparameters, loss, augmentation, metrics."
@@ -26,7 +26,7 @@ class DomainPreset:
     description: str = ''
     templates: list = field(default_factory=lambda: ['a photo of a {}.'])  # prompt templates, '{}' = class text
     class_aliases: dict = field(default_factory=dict)  # raw class name -> canonical name (applied after normalisation)
-    normal_class: Optional[str] = None                 # the 'no finding' class, for binary normal-vs-abnormal metrics
+    normal_labels: list = field(default_factory=list)  # class names that mean 'no defect / no finding' (binary metrics)
     learning_rate: float = 5e-5
     num_epochs: int = 10
     loss: str = 'domain'                               # a name of clip_workbench.losses.get_loss
@@ -58,7 +58,7 @@ def prompts(self:DomainPreset, class_name:str) -> list[str]:
     "Every template of this domain filled with the canonical class name."
     return [t.format(self.canonical_class(class_name)) for t in self.templates]
 
-# %% ../nbs/07_domains.ipynb #8d0f0373
+# %% ../nbs/07_domains.ipynb #030cc12d
 DOMAINS = {}
 
 def register_domain(preset:DomainPreset, overwrite:bool=False) -> DomainPreset:
@@ -71,13 +71,12 @@ register_domain(DomainPreset('general', 'everyday photographs',
     templates=['a photo of a {}.', 'a close-up photo of a {}.', 'an image of a {}.'], learning_rate=5e-5, num_epochs=10))
 register_domain(DomainPreset('medical', 'radiology, pathology and other clinical images (often grayscale)',
     templates=['a medical image showing {}.', 'a radiograph with {}.', 'a scan with findings of {}.'],
-    class_aliases={'normal': 'no finding', 'no findings': 'no finding', 'healthy': 'no finding'}, normal_class='no finding',
+    class_aliases={'normal': 'no finding', 'no findings': 'no finding', 'healthy': 'no finding'}, normal_labels=['no finding'],
     learning_rate=3e-5, num_epochs=15, augmentation='grayscale', metrics=['zero_shot', 'retrieval', 'few_shot']))
 register_domain(DomainPreset('industrial', 'visual inspection of manufactured parts and materials',
     templates=['a photo of {}.', 'an inspection image of {}.', 'a close-up of {} on a production line.'],
-    class_aliases={'nominal': 'nominal fabric', 'ok': 'nominal fabric', 'good': 'nominal fabric', 'normal': 'nominal fabric',
-                   'local defect': 'fabric with a local defect', 'global defect': 'fabric with a global defect'},
-    normal_class='nominal fabric', learning_rate=5e-5, num_epochs=12, augmentation='geometric',
+    class_aliases={'ok': 'nominal', 'good': 'nominal', 'normal': 'nominal', 'no defect': 'nominal'},
+    normal_labels=['nominal'], learning_rate=5e-5, num_epochs=12, augmentation='geometric',
     metrics=['zero_shot', 'few_shot']))
 register_domain(DomainPreset('scientific', 'figures, micrographs and instrument images from research',
     templates=['a scientific image of {}.', 'a micrograph of {}.', 'a figure showing {}.'],
@@ -87,6 +86,13 @@ def get_domain(name:str) -> DomainPreset:
     "A registered preset by name; the error lists the names there are."
     if name not in DOMAINS: raise ConfigError(f"config field 'domain': unknown domain {name!r}; known: {', '.join(DOMAINS)} (or register one with register_domain / load_domain)")
     return DOMAINS[name]
+
+# %% ../nbs/07_domains.ipynb #a51e3815
+@patch
+def normal_class(self:DomainPreset, class_names:Sequence[str]) -> Optional[str]:
+    "The first of `class_names` whose canonical name is one of this domain's normal labels, or None."
+    normal = {self.canonical_class(n) for n in self.normal_labels}
+    return next((c for c in class_names if self.canonical_class(c) in normal), None)
 
 # %% ../nbs/07_domains.ipynb #55a0e594
 def load_domain(path, register:bool=True) -> DomainPreset:
