@@ -31,15 +31,16 @@ test-nbs: install
 test-py: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest tests -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; exit $$rc
 
-## README.md from nbs/index.ipynb (uses .ci/bin/quarto when Quarto itself is absent).
+## README.md from nbs/index.ipynb alone (uses .ci/bin/quarto when Quarto itself is absent).
 readme: install
-	$(BIN)/nbdev_readme
+	rm -rf _readme && mkdir _readme && cp nbs/index.ipynb nbs/_quarto.yml nbs/nbdev.yml _readme/
+	$(BIN)/nbdev_readme --path _readme; rc=$$?; rm -rf _readme; exit $$rc
 
 ## Fail when the notebooks and the package or README disagree.
 check-sync: install
 	$(BIN)/nbdev_export
 	$(BIN)/nbdev_clean
-	$(BIN)/nbdev_readme
+	$(MAKE) --no-print-directory readme
 	@drift=$$(git status --porcelain -- clip_workbench nbs README.md); \
 	if [ -n "$$drift" ]; then echo "Out of sync with the notebooks (run nbdev_export, nbdev_clean, make readme and commit):"; echo "$$drift"; git --no-pager diff --stat; exit 1; fi
 

@@ -878,8 +878,13 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
 
 # %% ../nbs/01_data.ipynb #d729f138
 def collate_batch(samples:Sequence[dict]) -> dict:
-    "Stack a list of sample dicts into a batch dict; each sample's `label` becomes the batch's `labels`."
-    return {('labels' if k == 'label' else k): torch.stack([s[k] for s in samples]) for k in samples[0]}
+    "Stack sample dicts into a batch dict (`label` becomes `labels`); trim text padding no sample in the batch uses."
+    batch = {('labels' if k == 'label' else k): torch.stack([s[k] for s in samples]) for k in samples[0]}
+    if 'attention_mask' in batch and batch['attention_mask'].ndim == 2:
+        used = int(batch['attention_mask'].any(0).nonzero().max()) + 1 if batch['attention_mask'].any() else 1
+        for k in ('input_ids', 'attention_mask', 'token_type_ids'):
+            if k in batch: batch[k] = batch[k][:, :used]
+    return batch
 
 def _worker_init(worker_id:int):
     "Seed Python's and NumPy's RNGs in each DataLoader worker from torch's per-worker seed."

@@ -1,0 +1,67 @@
+"Training from the command line, end to end on the tiny model and the bundled sample set; kill -9 and resume."
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest, torch
+
+BIN = Path(sys.executable).parent / 'clip-workbench'
+ENV = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+SAMPLE = Path(__file__).parents[1] / 'data' / 'sample'
+
+def tiny_args(out, epochs=2, *extra):
+    sets = dict(model_name='tiny', data_path=str(SAMPLE), image_resolution=32, batch_size=4, num_epochs=epochs, val_split=0.25,
+                test_split=0.25, output_dir=str(out), device='cpu', mixed_precision='no', logging_steps=1, domain='industrial')
+    return ['train', *[a for k, v in sets.items() for a in ('--set', f'{k}={v}')], *extra]
+
+def run(*args, timeout=600):
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+
+def test_train_end_to_end(tmp_path):
+    r = run(*tiny_args(tmp_path / 'run'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout[r.stdout.index('{'):])
+    assert summary['epochs'] == 2 and 0 <= summary['test']['accuracy'] <= 1
+    files = {p.name for p in (tmp_path / 'run').iterdir()}
+    assert {'config.yaml', 'final', 'best', 'checkpoints', 'log.csv', 'history.png', 'eval'} <= files
+    assert (tmp_path / 'run' / 'eval' / 'results.json').is_file()
+
+def test_bad_config_value_stops_before_training(tmp_path):
+    cfg = tmp_path / 'cfg.yaml'
+    cfg.write_text('model_name: tiny\nnum_epochs: 0\n')
+    r = run('train', '--config', str(cfg))
+    assert r.returncode == 2 and "config field 'num_epochs': got 0; allowed: an integer >= 1" in r.stderr
+    assert 'Traceback' not in r.stderr
+
+def test_kill_9_then_resume(tmp_path):
+    out = tmp_path / 'run'
+    args = tiny_args(out, 40, '--set', 'save_steps=1')
+    p = subprocess.Popen([str(BIN), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    ckpts = out / 'checkpoints'
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(ckpts.glob('checkpoint-*.pt'))) < 2 and p.poll() is None: time.sleep(0.05)
+    time.sleep(0.3)
+    assert p.poll() is None, 'training ended before it could be killed'
+    os.kill(p.pid, signal.SIGKILL); p.wait()
+    found = sorted(ckpts.glob('checkpoint-*.pt'), key=lambda q: int(q.stem.split('-')[1]))
+    assert found, 'no checkpoint written'
+    for q in found: torch.load(q, weights_only=False)  # every checkpoint on disk is complete
+    killed_at = torch.load(found[-1], weights_only=False)['position']['step']
+    r = run(*args, '--resume')
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(l) for l in (out / 'log.jsonl').read_text().splitlines()]
+    steps = [row['step'] for row in log]
+    assert steps == list(range(1, len(steps) + 1)) and steps[-1] > killed_at  # no step lost or repeated
+    assert log[-1]['epoch'] == 39  # and the run went to its end
+
+def test_evaluate_and_predict(tmp_path):
+    r = run('evaluate', 'tiny', str(SAMPLE), '--out', str(tmp_path / 'ev'), '--metrics', 'zero_shot,retrieval', '--quiet', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / 'ev' / 'results.json').is_file() and list((tmp_path / 'ev').glob('*.png'))
+    r = run('evaluate', 'tiny', str(SAMPLE), '--metrics', 'accuracy_at_5')
+    assert r.returncode == 2 and 'accuracy_at_5' in r.stderr and 'zero_shot' in r.stderr
+    r = run('evaluate', 'tiny', str(tmp_path / 'nowhere'))
+    assert r.returncode == 2 and 'nowhere' in r.stderr
+    r = run('predict', 'tiny', str(SAMPLE / 'images'), '--labels', 'nominal,local defect,global defect', '--top-k', '1', '--device', 'cpu')
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(rows) == 12 and all(len(x['labels']) == 1 for x in rows)
