@@ -20,10 +20,10 @@ from .models import image_features, text_features
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'DTYPES', 'MAX_LOGIT_SCALE', 'ATTENTION_CHUNKING', 'DEFAULT_ATTENTION_CHUNK', 'memory_report',
-           'available_bytes', 'parse_bytes', 'PeakMemory', 'release_memory', 'measure_peak', 'resolve_precision',
-           'autocast', 'grads_finite', 'Precision', 'forward_features', 'batch_labels', 'loss_owns_temperature',
-           'loss_owns_bias', 'loss_inputs', 'compute_loss', 'StepStrategy', 'PlainStep', 'AccumulationStep',
-           'GradientCacheStep', 'is_oom_error', 'OOMBackoff', 'gradient_checkpointing_enabled',
+           'available_bytes', 'parse_bytes', 'PeakMemory', 'release_memory', 'measure_peak', 'set_cpu_malloc_threshold',
+           'resolve_precision', 'autocast', 'grads_finite', 'Precision', 'forward_features', 'batch_labels',
+           'loss_owns_temperature', 'loss_owns_bias', 'loss_inputs', 'compute_loss', 'StepStrategy', 'PlainStep',
+           'AccumulationStep', 'GradientCacheStep', 'is_oom_error', 'OOMBackoff', 'gradient_checkpointing_enabled',
            'set_gradient_checkpointing', 'query_chunked_attention', 'set_attention_chunking', 'synthetic_inputs',
            'estimate_step_memory', 'BatchSizeResult', 'find_batch_size', 'MemoryManager']
 
@@ -169,6 +169,19 @@ def measure_peak(device=None, # the device to watch; None = 'auto'
         finally:
             if mps: torch.mps.synchronize()
             pm.peak = s.stop()
+
+# %% ../nbs/04_memory.ipynb #a2fe4223
+def set_cpu_malloc_threshold(threshold:int=128 * 1024 # bytes: blocks from this size are mmap-ed and returned when freed
+                            ) -> bool:
+    "Make glibc serve blocks >= threshold with mmap and trim freed memory at once, so resident memory follows the tensors; False where not glibc."
+    global _LIBC
+    if not sys.platform.startswith('linux'): return False
+    try:
+        _LIBC = _LIBC or ctypes.CDLL('libc.so.6')
+        ok = _LIBC.mallopt(-3, int(threshold)) == 1 and _LIBC.mallopt(-1, int(threshold)) == 1  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError): return False
+    _malloc_trim()
+    return ok
 
 # %% ../nbs/04_memory.ipynb #44dadec2
 PRECISIONS = ('no', 'bf16', 'fp16')
@@ -347,7 +360,7 @@ def _check_micro(m) -> int:
     if isinstance(m, bool) or not isinstance(m, int) or m < 1: raise ConfigError(f"micro_batch_size must be an integer >= 1, got {m!r}")
     return m
 
-# %% ../nbs/04_memory.ipynb #06ae37ce
+# %% ../nbs/04_memory.ipynb #64d14fc9
 class StepStrategy:
     "Base class: `strategy(model, batch, loss)` leaves the batch's gradients in `.grad` and returns its detached loss terms."
     micro_batch_size: Optional[int] = None
@@ -355,6 +368,8 @@ class StepStrategy:
                 ):
         self.precision = precision if precision is not None else Precision('no', 'cpu')
     def __call__(self, model, batch:dict, loss) -> dict: raise NotImplementedError
+    def state_dict(self) -> dict: return {}  # for checkpoints: what a strategy learnt during training (see OOMBackoff)
+    def load_state_dict(self, state:dict): return self
     def __repr__(self):
         mb = f'micro_batch_size={self.micro_batch_size}, ' if self.micro_batch_size else ''
         return f"{type(self).__name__}({mb}precision={self.precision.mode!r})"
@@ -478,7 +493,7 @@ class OOMBackoff(StepStrategy):
                 error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
             self._back_off(model, loss, n, micro, error)  # outside `except`: the failed attempt's tensors are freed
 
-# %% ../nbs/04_memory.ipynb #7a3b6bd1
+# %% ../nbs/04_memory.ipynb #aadfdd83
 @patch
 def _back_off(self:OOMBackoff, model, loss, n:int, micro:int, error:str):
     "Forget the failed attempt and switch to gradient caching at half the micro-batch size."
@@ -493,6 +508,18 @@ def _back_off(self:OOMBackoff, model, loss, n:int, micro:int, error:str):
     self.events.append(dict(step=self.steps, batch_size=n, micro_batch_size=micro, new_micro_batch_size=new, error=error))
     _log.warning(f"out of memory at step {self.steps} with micro-batches of {micro} (batch of {n}): "
                 f"retrying the same batch with gradient caching in micro-batches of {new}")
+
+@patch
+def state_dict(self:OOMBackoff) -> dict:
+    "The backed-off micro-batch size (None: still the inner strategy), the events and the step count, for checkpoints."
+    return dict(micro_batch_size=None if self.current is self.inner else self.current.micro_batch_size, events=list(self.events), steps=self.steps)
+
+@patch
+def load_state_dict(self:OOMBackoff, state:dict):
+    "Resume where a saved run had backed off to."
+    if state.get('micro_batch_size'): self.current = GradientCacheStep(state['micro_batch_size'], self.precision)
+    self.events, self.steps = list(state.get('events', [])), state.get('steps', 0)
+    return self
 
 # %% ../nbs/04_memory.ipynb #f8ae45d6
 def _towers(towers) -> list:
@@ -741,7 +768,7 @@ class BatchSizeResult:
         rows = '\n'.join(f"| {t['batch_size']} | {mb(t)} | {t['note']} | {t['seconds']:.2f} |" for t in self.trials)
         return f"{self!r}\n\n| batch | peak MB | result | s |\n|---|---|---|---|\n{rows}"
 
-# %% ../nbs/04_memory.ipynb #e8e6ba8a
+# %% ../nbs/04_memory.ipynb #4d10d26f
 def _next_size(trials:list, lo:int, hi:int, target:int, gap:int, unbounded:bool) -> int:
     "The next batch size to try, strictly between lo (largest fit) and hi (smallest failure)."
     pts = sorted((t['batch_size'], t['peak']) for t in trials if t['peak'] is not None)[-3:]  # the largest measured sizes
@@ -774,7 +801,7 @@ def find_batch_size(trial:Callable, # trial(n): one training step at batch size 
         try:
             with measure_peak(dev) as pm: trial(n)
             peak, method = pm.delta, pm.method
-            fits, note = peak <= target, 'fits' if peak <= target else 'over budget'
+            fits, note = peak <= target, 'fits' if peak <= target else 'over target' if peak <= budget else 'over budget'
         except Exception as e:
             if not is_oom_error(e): raise
             fits, note = False, 'out of memory'
@@ -801,20 +828,21 @@ def find_batch_size(trial:Callable, # trial(n): one training step at batch size 
     peak = next(t['peak'] for t in trials if t['batch_size'] == lo and t['fits'])
     return BatchSizeResult(lo, peak, budget, target, str(dev), method, trials)
 
-# %% ../nbs/04_memory.ipynb #ddbe0d4f
+# %% ../nbs/04_memory.ipynb #6f196f2f
 @patch
 def plot(self:BatchSizeResult, ax=None):
     "Measured peak of each trial against its batch size, with the budget and the target (budget less margin)."
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=(5, 3))
-    for fits, color, label in ((True, 'tab:green', 'fits'), (False, 'tab:red', 'does not fit')):
+    for fits, color, label in ((True, 'tab:green', 'fits'), (False, 'tab:red', 'over the target')):
         pts = [(t['batch_size'], t['peak'] / _MB) for t in self.trials if t['fits'] == fits and t['peak'] is not None]
         if pts: ax.scatter(*zip(*pts), color=color, label=label, zorder=3)
     for t in self.trials:
         if t['peak'] is None: ax.axvline(t['batch_size'], color='tab:red', ls=':', label='out of memory')
     ax.axhline(self.budget / _MB, color='k', label='budget'); ax.axhline(self.target / _MB, color='k', ls='--', label='target')
     ax.scatter([self.batch_size], [self.peak / _MB], s=120, facecolors='none', edgecolors='k', label=f'found: {self.batch_size}')
-    ax.set(xlabel='batch size', ylabel='measured peak (MB)', title=f'batch-size search on {self.device}'); ax.legend(fontsize=8)
+    ax.set(xlabel='batch size', ylabel='measured peak (MB)', title=f'batch-size search on {self.device}', xlim=(0, 1.1 * max(t['batch_size'] for t in self.trials)), ylim=(0, 1.1 * self.budget / _MB))
+    ax.legend(fontsize=8, loc='lower right')
     return ax
 
 # %% ../nbs/04_memory.ipynb #a4cd170a
