@@ -43,7 +43,7 @@ _nonneg = lambda v: v >= 0
 _frac = lambda v: 0 <= v < 1
 MIXED_PRECISION = ('auto', 'no', 'bf16', 'fp16')
 
-# %% ../nbs/00_core.ipynb #59444791
+# %% ../nbs/00_core.ipynb #205eb2e2
 @dataclass
 class CLIPFinetuningConfig:
     "Every setting of a fine-tuning run; validated on construction."
@@ -54,6 +54,9 @@ class CLIPFinetuningConfig:
     num_epochs: int = _f(10, 'passes over the training split', _pos, 'an integer >= 1')
     max_sequence_length: int = _f(77, 'text tokens kept per caption (capped at the model maximum)', _pos, 'an integer >= 1')
     image_resolution: int = _f(224, 'input side length in pixels', lambda v: 16 <= v <= 4096, 'an integer from 16 to 4096')
+    resolution_schedule: Optional[dict] = _f(None, 'progressive resolution {epoch: pixels}, e.g. {0: 128, 2: 224}; None trains at image_resolution',
+                                             lambda v: bool(v) and all(str(k).isdigit() and type(s) is int and 16 <= s <= 4096 for k, s in v.items()),
+                                             'a mapping epoch: pixels (16 to 4096), e.g. {0: 128, 2: 224}, or null')
     device: str = _f('auto', 'auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps', lambda v: v in ('auto','cpu','cuda','mps') or (v.startswith('cuda:') and v[5:].isdigit()), '"auto", "cpu", "cuda", "cuda:N" or "mps"')
     mixed_precision: str = _f('auto', 'auto (from the device), no, bf16 or fp16', lambda v: v in MIXED_PRECISION, ' or '.join(map(repr, MIXED_PRECISION)))
     gradient_accumulation_steps: int = _f(1, 'micro-batches per optimizer step', _pos, 'an integer >= 1')

@@ -337,7 +337,7 @@ class ConvNetModel(PreTrainedModel):
 AutoConfig.register(ConvNetConfig.model_type, ConvNetConfig, exist_ok=True)
 AutoModel.register(ConvNetConfig, ConvNetModel, exist_ok=True)
 
-# %% ../nbs/02_models.ipynb #c2864cb4
+# %% ../nbs/02_models.ipynb #4e7928e4
 def default_vision_config(image_size:int=224, # the resolution it is trained at
                           hidden_sizes:tuple=(32, 64, 128, 256), # width of each stage
                           stem_stride:int=2, # 1: first convolution at full resolution (about 6x slower, learns faster)
@@ -351,7 +351,7 @@ def default_model(image_size:int=224, # input side in pixels
                   seed:int=0, # seed of the vision tower and projections
                   vision_config:Optional[PretrainedConfig]=None, # another vision backbone (default: `default_vision_config`)
                   max_length:int=77, # text tokens kept per caption
-                  vision_pooling:str='pooler' # the backbone's global average pool; 'max' is the alternative
+                  vision_pooling:str='max' # strongest response per channel anywhere ('pooler': the backbone's global average)
                  ) -> tuple:
     "The offline default: pretrained MiniLM text tower + plain ConvNet vision tower; model and processor."
     text_model = AutoModel.from_pretrained(minilm_path())

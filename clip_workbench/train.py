@@ -15,9 +15,10 @@ from tqdm.auto import tqdm
 from .core import CLIPFinetuningConfig, CLIPFinetuningError, ConfigError, get_device, seed_everything
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelFit', 'Callback', 'tower_of', 'param_groups', 'lr_factor', 'Trainer', 'atomic_save',
+__all__ = ['EVENTS', 'CancelFit', 'Callback', 'tower_of', 'param_groups', 'lr_factor', 'Trainer', 'eval_frozen', 'atomic_save',
            'latest_checkpoint', 'CheckpointCallback', 'EvalCallback', 'BestModelCallback', 'EarlyStopping',
-           'ProgressCallback', 'LogCallback', 'TensorBoardCallback', 'plot_history', 'CLIPFinetuningController']
+           'ProgressCallback', 'LogCallback', 'TensorBoardCallback', 'plot_history', 'parse_resolution_schedule',
+           'ResolutionSchedule', 'CLIPFinetuningController']
 
 # %% ../nbs/05_train.ipynb #9bd9d279
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
@@ -68,7 +69,7 @@ def lr_factor(step:int, total_steps:int, warmup_steps:int=0, kind:str='cosine', 
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-# %% ../nbs/05_train.ipynb #156ae6ff
+# %% ../nbs/05_train.ipynb #ea3134f4
 class Trainer:
     "Fine-tune an image-text model: optimiser, schedule, step strategy, callbacks, checkpoints."
     def __init__(self, model:torch.nn.Module, # anything with the CLIP interface (see clip_workbench.models)
@@ -97,6 +98,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, total, warmup_steps, schedule, min_lr_ratio))
         self.callbacks = sorted(callbacks, key=lambda c: c.order)
         self.epoch = self.step = self.batch_in_epoch = self.n_skipped_steps = 0
+        self.resolution = None  # the input side being trained at, when a ResolutionSchedule sets one
         self.history, self.metrics, self.terms = [], {}, {}
 
     def __call__(self, event:str):
@@ -105,14 +107,22 @@ class Trainer:
             f = getattr(cb, event, None)
             if f is not None: f(self)
 
-# %% ../nbs/05_train.ipynb #4fd8cef4
+# %% ../nbs/05_train.ipynb #e9b195aa
 def _to_device(batch:dict, device:torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+def eval_frozen(module:torch.nn.Module) -> torch.nn.Module:
+    "Put every sub-module whose parameters are all frozen in eval mode (no dropout, frozen BatchNorm statistics)."
+    for child in module.children():
+        ps = list(child.parameters())
+        if ps and not any(p.requires_grad for p in ps): child.eval()
+        else: eval_frozen(child)
+    return module
 
 @patch
 def train_step(self:Trainer, batch:dict) -> dict:
     "Gradients for `batch` from the step strategy, then one optimiser step; return the loss terms."
-    self.model.train(); self.loss.train()
+    eval_frozen(self.model.train()); self.loss.train()
     terms = dict(self.strategy(self.model, _to_device(batch, self.device), self.loss), lr=self.opt.param_groups[0]['lr'])
     self.precision.unscale_(self.opt)
     if self.max_grad_norm:
@@ -185,13 +195,14 @@ def atomic_save(obj, path) -> Path:
         if tmp.exists(): tmp.unlink()
     return path
 
-# %% ../nbs/05_train.ipynb #9afcdf6a
+# %% ../nbs/05_train.ipynb #34e1e02a
 @patch
 def state_dict(self:Trainer) -> dict:
     "Everything needed to resume this run exactly."
     return dict(model=self.model.state_dict(), loss=self.loss.state_dict(), optimizer=self.opt.state_dict(),
                 scheduler=self.sched.state_dict(), precision=self.precision.state_dict(), rng=_rng_state(),
-                position=dict(epoch=self.epoch, step=self.step, batch_in_epoch=self.batch_in_epoch, n_skipped_steps=self.n_skipped_steps),
+                position=dict(epoch=self.epoch, step=self.step, batch_in_epoch=self.batch_in_epoch, n_skipped_steps=self.n_skipped_steps,
+                              resolution=self.resolution),
                 history=self.history, metrics=self.metrics, strategy=getattr(self.strategy, 'state_dict', dict)(),
                 callbacks={f'{i}:{type(c).__name__}': c.state_dict() for i, c in enumerate(self.callbacks)})
 
@@ -213,6 +224,9 @@ def load_checkpoint(self:Trainer, path):
     if not p.is_file(): raise CLIPFinetuningError(f"checkpoint not found: {path}; pass a checkpoint-STEP.pt file or the folder holding them")
     try: s = torch.load(p, map_location=self.device, weights_only=False)
     except Exception as e: raise CLIPFinetuningError(f"checkpoint {p} cannot be read ({type(e).__name__}: {e}); it may be from an interrupted copy: use an older one") from None
+    if (size := s['position'].get('resolution')) and size != self.resolution:  # saved mid-schedule: resize before loading
+        from clip_workbench.models import set_resolution
+        set_resolution(self.model, None, size); self.resolution = size
     self.model.load_state_dict(s['model']); self.loss.load_state_dict(s['loss'])
     self.opt.load_state_dict(s['optimizer']); self.sched.load_state_dict(s['scheduler']); self.precision.load_state_dict(s['precision'])
     if hasattr(self.strategy, 'load_state_dict'): self.strategy.load_state_dict(s.get('strategy', {}))
@@ -366,6 +380,44 @@ def plot_history(history:Sequence[dict], # Trainer.history (or rows of log.jsonl
     fig.tight_layout()
     return fig
 
+# %% ../nbs/05_train.ipynb #c64efd0f
+def parse_resolution_schedule(schedule:dict) -> list:
+    "Sorted (epoch, side) pairs from `{epoch: side}` (keys may be strings, as JSON writes them)."
+    if not isinstance(schedule, dict) or not schedule:
+        raise ConfigError(f"config field 'resolution_schedule': got {schedule!r}; expected a mapping epoch: pixels, e.g. {{0: 128, 2: 224}}")
+    pairs = []
+    for e, size in schedule.items():
+        try: e = int(e)
+        except (TypeError, ValueError): e = -1
+        if e < 0 or isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
+            raise ConfigError(f"config field 'resolution_schedule': entry {e!r}: {size!r}; keys are epochs >= 0 and values sides of 16 to 4096 pixels")
+        pairs.append((e, size))
+    return sorted(pairs)
+
+# %% ../nbs/05_train.ipynb #007e6184
+class ResolutionSchedule(Callback):
+    "Train each epoch at the side `{epoch: pixels}` gives (the last entry at or before the epoch)."
+    order = -20  # before anything else looks at the epoch
+    def __init__(self, schedule:dict, # epoch -> input side in pixels
+                 processor=None): # a processor to keep in step (the training dataset's own is always updated)
+        self.schedule, self.processor = parse_resolution_schedule(schedule), processor
+
+    def size_at(self, epoch:int) -> Optional[int]:
+        "The side for `epoch` (None before the first entry)."
+        sizes = [s for e, s in self.schedule if e <= epoch]
+        return sizes[-1] if sizes else None
+
+    def before_epoch(self, t):
+        from clip_workbench.models import set_image_size, set_resolution
+        size = self.size_at(t.epoch)
+        if size is None: return
+        if size != t.resolution: set_resolution(t.model, None, size, optimizer=t.opt); t.resolution = size
+        ds = getattr(t.train_dl, 'dataset', None)
+        for p in {id(p): p for p in (self.processor, getattr(ds, 'image_processor', None)) if p is not None}.values(): set_image_size(p, size)
+        if hasattr(ds, 'image_size'): ds.image_size = (size, size)
+
+    def after_step(self, t): t.history[-1]['resolution'] = float(t.resolution or 0)
+
 # %% ../nbs/05_train.ipynb #aad8107a
 class CLIPFinetuningController:
     "Fine-tune and evaluate a CLIP-style model on a domain, from one config."
@@ -413,7 +465,7 @@ def class_prompts(self:CLIPFinetuningController, records) -> list:
     return [replace(r, captions=[t.format(d.get(r.label) or self.domain.canonical_class(r.label)) for t in self.domain.templates]) if r.label else r
             for r in records]
 
-# %% ../nbs/05_train.ipynb #7ecbeb31
+# %% ../nbs/05_train.ipynb #f7e7f29a
 @patch
 def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_names=None) -> Trainer:
     from clip_workbench.data import ImageTextDataset, make_augmentation, make_dataloader
@@ -431,6 +483,7 @@ def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_na
     eval_fn = (lambda model: self._val_metrics(val)) if val else None
     cbs = [LogCallback(out, cfg.logging_steps), CheckpointCallback(out/'checkpoints', cfg.save_steps)] + ([ProgressCallback()] if self.progress else [])
     if eval_fn: cbs += [EvalCallback(eval_fn, cfg.eval_steps), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
+    if cfg.resolution_schedule: cbs.append(ResolutionSchedule(cfg.resolution_schedule, self.processor))
     return Trainer(self.model, loss, dl, num_epochs=cfg.num_epochs, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                    warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm, step=step, device=self.device,
                    callbacks=cbs, seed=cfg.seed)
@@ -447,7 +500,7 @@ def _val_metrics(self:CLIPFinetuningController, records) -> dict:
 def _descriptions(self:CLIPFinetuningController) -> dict:
     return {c: (self.descriptions or {}).get(c) or self.domain.canonical_class(c) for c in self.class_names}
 
-# %% ../nbs/05_train.ipynb #cd2440bf
+# %% ../nbs/05_train.ipynb #c427b49b
 @patch
 def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training records (default: from the config)
               val_dataset=None, # validation records (default: from the config)
@@ -473,12 +526,18 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
 @patch
 def evaluate_on_domain(self:CLIPFinetuningController, test_dataset=None, # test records (default: the config's test split)
                        domain_metrics:Optional[Sequence[str]]=None, # metric names (default: the domain's)
-                       out_dir=None # write results.json and plots here (default: no files)
+                       out_dir=None, # write results.json and plots here (default: no files)
+                       resolutions:Optional[Sequence[int]]=None # also evaluate at these sides (default: those of `resolution_schedule`, if any)
                       ) -> dict:
     "Evaluate the current model on the domain's metrics with its prompts (binary view when a normal class exists)."
-    from clip_workbench.evaluate import evaluate_model, run_evaluation
+    from clip_workbench.evaluate import evaluate_model, evaluate_resolutions, run_evaluation, to_plain
     records = list(test_dataset if test_dataset is not None else getattr(self, 'test_records', None) or self.load_data()[2])
     if not hasattr(self, 'class_names'): self.class_names = sorted({r.label for r in records if r.label})
     kw = dict(metrics=list(domain_metrics or self.domain.metrics), class_names=self.class_names, templates=self.domain.templates,
               descriptions=self._descriptions(), normal_class=self.domain.normal_class(self.class_names), progress=False)
-    return run_evaluation(self.model, self.processor, records, out_dir, **kw) if out_dir else evaluate_model(self.model, self.processor, records, **kw)
+    if resolutions is None and self.config.resolution_schedule:
+        resolutions = sorted({s for _, s in parse_resolution_schedule(self.config.resolution_schedule)})
+    if out_dir: return run_evaluation(self.model, self.processor, records, out_dir, resolutions=resolutions or None, **kw)
+    res = evaluate_model(self.model, self.processor, records, **kw)
+    if resolutions: res['resolutions'] = to_plain(evaluate_resolutions(self.model, self.processor, records, resolutions, **kw))
+    return res
