@@ -229,16 +229,15 @@ def read_manifest(folder) -> dict:
             raise ModelLoadError(f"{p}: {p.stat().st_size} bytes, but {MANIFEST_FILE} recorded {man['sizes'][name]}: the folder mixes two exports; {_export_help(folder)}")
     return man
 
-# %% ../nbs/10_export.ipynb #252763d9
+# %% ../nbs/10_export.ipynb #ec29ae48
 def _np(x, dtype, what:str) -> np.ndarray:
     "A contiguous numpy array of `dtype` from a numpy array, torch tensor or nested list."
     if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
     try: return np.ascontiguousarray(np.asarray(x), dtype=dtype)
     except (TypeError, ValueError) as e: raise DataError(f"{what}: cannot convert {type(x).__name__} to a {np.dtype(dtype).name} array: {e}") from None
 
-def _check_batch(man:dict, n:int, what:str):
+def _check_batch(n:int, what:str):
     if n == 0: raise DataError(f"{what}: the batch is empty")
-    if not man['dynamic_batch'] and n != 1: raise DataError(f"{what}: batch of {n}, but this export has a fixed batch of 1 (re-export with dynamic_batch=True)")
 
 def _pixel_array(man:dict, folder:Path, pixel_values) -> np.ndarray:
     "pixel_values as float32 (batch, C, H, W), checked against the export."
@@ -247,7 +246,7 @@ def _pixel_array(man:dict, folder:Path, pixel_values) -> np.ndarray:
     if x.ndim != 4 or x.shape[1:] != want:
         raise DataError(f"pixel_values has shape {x.shape}; this export takes (batch, {', '.join(map(str, want))}): "
                         f"preprocess the images with the model's processor (saved in {folder})")
-    _check_batch(man, x.shape[0], 'pixel_values')
+    _check_batch(x.shape[0], 'pixel_values')
     return x
 
 def _token_arrays(man:dict, input_ids, attention_mask) -> tuple:
@@ -256,12 +255,12 @@ def _token_arrays(man:dict, input_ids, attention_mask) -> tuple:
     if ids.ndim != 2: raise DataError(f"input_ids has shape {ids.shape}; expected (batch, tokens)")
     mask = np.ones_like(ids) if attention_mask is None else _np(attention_mask, np.int64, 'attention_mask')
     if mask.shape != ids.shape: raise DataError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}: they must match")
-    _check_batch(man, ids.shape[0], 'input_ids')
+    _check_batch(ids.shape[0], 'input_ids')
     L = man['max_text_length']
     if not 0 < ids.shape[1] <= L: raise DataError(f"input_ids has {ids.shape[1]} tokens; this model takes 1 to {L}: tokenize with truncation=True, max_length={L}")
     return ids, mask
 
-# %% ../nbs/10_export.ipynb #639f3043
+# %% ../nbs/10_export.ipynb #5680be98
 def _default_providers(ort) -> list:
     have = ort.get_available_providers()
     return [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider') if p in have] or have
@@ -285,16 +284,21 @@ class OnnxEncoders:
         self.logit_scale = torch.tensor(ls if ls is not None else math.log(100.0))  # log scale, like the model's parameter
         self.logit_bias = None if lb is None else torch.tensor(lb)
 
+    def _run(self, tower:str, feeds:dict) -> torch.Tensor:
+        "Run one graph; a fixed-batch export runs the rows one by one."
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names[tower]}
+        if self.manifest['dynamic_batch']: return torch.from_numpy(self.sessions[tower].run(None, feeds)[0])
+        n = len(next(iter(feeds.values())))
+        return torch.cat([torch.from_numpy(self.sessions[tower].run(None, {k: v[i:i+1] for k, v in feeds.items()})[0]) for i in range(n)])
+
     def image_features(self, pixel_values) -> torch.Tensor:
         "Unnormalised projected image embeddings `(batch, dim)` from pixel values `(batch, channels, height, width)`."
-        x = _pixel_array(self.manifest, self.folder, pixel_values)
-        return torch.from_numpy(self.sessions['image'].run(None, {'pixel_values': x})[0])
+        return self._run('image', {'pixel_values': _pixel_array(self.manifest, self.folder, pixel_values)})
 
     def text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
         "Unnormalised projected text embeddings `(batch, dim)` from token ids `(batch, tokens)` (mask: 1 = real token)."
         ids, mask = _token_arrays(self.manifest, input_ids, attention_mask)
-        feeds = {k: v for k, v in (('input_ids', ids), ('attention_mask', mask)) if k in self.input_names['text']}
-        return torch.from_numpy(self.sessions['text'].run(None, feeds)[0])
+        return self._run('text', {'input_ids': ids, 'attention_mask': mask})
 
     def __repr__(self): return f"OnnxEncoders({str(self.folder)!r}, dim={self.embedding_dim}, image_size={self.image_size}, providers={self.providers})"
 
