@@ -43,7 +43,7 @@ _nonneg = lambda v: v >= 0
 _frac = lambda v: 0 <= v < 1
 MIXED_PRECISION = ('auto', 'no', 'bf16', 'fp16')
 
-# %% ../nbs/00_core.ipynb #205eb2e2
+# %% ../nbs/00_core.ipynb #dd9dc501
 @dataclass
 class CLIPFinetuningConfig:
     "Every setting of a fine-tuning run; validated on construction."
@@ -76,6 +76,7 @@ class CLIPFinetuningConfig:
     max_grad_norm: Optional[float] = _f(1.0, 'gradient clipping norm; None disables clipping', _pos, 'a number > 0, or null to disable')
     save_steps: Optional[int] = _f(None, 'checkpoint every N steps; None saves each epoch', _pos, 'an integer >= 1, or null')
     eval_steps: Optional[int] = _f(None, 'evaluate every N steps; None evaluates each epoch', _pos, 'an integer >= 1, or null')
+    precise_bn_batches: int = _f(20, 'before each evaluation, re-estimate BatchNorm statistics over N training batches (0: off; models without BatchNorm: no effect)', _nonneg, 'an integer >= 0')
     logging_steps: int = _f(10, 'log every N steps', _pos, 'an integer >= 1')
     output_dir: str = _f('outputs', 'folder for checkpoints, logs and reports', lambda v: bool(v.strip()), 'a non-empty path')
     seed: int = _f(42, 'seed for Python, NumPy and torch', _nonneg, 'an integer >= 0')

@@ -24,9 +24,10 @@ __all__ = ['TEST_FORMATS', 'IMAGE_COLUMNS', 'CAPTION_COLUMNS', 'LABEL_COLUMNS', 
            'load_jsonl', 'load_captions_txt', 'load_folder', 'load_class_folders', 'load_hf_dataset', 'load_records',
            'save_records', 'load_image', 'DataWarning', 'DataProblem', 'ValidationReport', 'validate_records',
            'check_data', 'split_processor', 'text_max_length', 'processor_image_size', 'normalize_pixels',
-           'Augmentation', 'make_augmentation', 'ImageTextDataset', 'Splits', 'split_records', 'ClassBalancedSampler',
-           'collate_batch', 'make_dataloader', 'set_epoch', 'textile_root', 'textile_records', 'textile_protocol_split',
-           'sample_data_path', 'sample_records', 'make_sample_set']
+           'denormalize_pixels', 'resize_center_crop', 'Augmentation', 'make_augmentation', 'ImageTextDataset',
+           'Splits', 'split_records', 'ClassBalancedSampler', 'collate_batch', 'make_dataloader', 'set_epoch',
+           'textile_root', 'textile_records', 'textile_protocol_split', 'sample_data_path', 'sample_records',
+           'make_sample_set']
 
 # %% ../nbs/01_data.ipynb #4438c5e7
 @dataclass
@@ -655,7 +656,7 @@ def text_max_length(tokenizer, max_length:Optional[int]=77, model_max_length:Opt
     if max_length is not None and max_length < 1: raise ConfigError(f"max_length must be >= 1, got {max_length}")
     return min(limits) if limits else 77
 
-# %% ../nbs/01_data.ipynb #ed0fbfed
+# %% ../nbs/01_data.ipynb #d4fbcf45
 def _get(s, k):
     "Key `k` of a size dict or SizeDict (None if absent)."
     return s.get(k) if isinstance(s, dict) else getattr(s, k, None)
@@ -679,11 +680,30 @@ def normalize_pixels(x:torch.Tensor, image_processor) -> torch.Tensor:
         x = (x - mean) / std
     return x
 
-# %% ../nbs/01_data.ipynb #179970c0
+def denormalize_pixels(x:torch.Tensor, image_processor) -> torch.Tensor:
+    "The processor's output (B, 3, H, W) -> images in [0, 1]: the inverse of `normalize_pixels`."
+    if getattr(image_processor, 'do_normalize', True):
+        mean = torch.tensor(image_processor.image_mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(image_processor.image_std, dtype=x.dtype).view(1, -1, 1, 1)
+        x = x * std + mean
+    return x / (255 * getattr(image_processor, 'rescale_factor', 1 / 255)) if getattr(image_processor, 'do_rescale', True) else x / 255
+
+# %% ../nbs/01_data.ipynb #a5f22554
+def resize_center_crop(x:torch.Tensor, # (B, 3, H, W) images
+                       size:tuple # output (h, w)
+                      ) -> torch.Tensor:
+    "Resize the short side to fit `size` (bicubic, antialiased, as the image processors do), then centre-crop."
+    h, w = x.shape[-2:]
+    k = max(size[0] / h, size[1] / w)
+    x = F.interpolate(x, size=(max(size[0], round(h * k)), max(size[1], round(w * k))), mode='bicubic', antialias=True, align_corners=False)
+    top, left = (x.shape[-2] - size[0]) // 2, (x.shape[-1] - size[1]) // 2
+    return x[..., top:top + size[0], left:left + size[1]]
+
+# %% ../nbs/01_data.ipynb #7c5aad83
 class Augmentation(torch.nn.Module):
     "Random resized crop, flips and colour jitter (kornia) on images in [0, 1]."
     def __init__(self, size:Union[int, tuple, None]=None, # output (h, w); None = set by the Dataset from the processor
-                 scale:Optional[tuple]=(0.8, 1.0),   # random-resized-crop area range; None = resize + centre crop
+                 scale:Optional[tuple]=(0.8, 1.0),   # random-resized-crop area range; None = no random crop
                  ratio:tuple=(3/4, 4/3),             # random-resized-crop aspect range
                  hflip:float=0.5, vflip:float=0.0,   # flip probabilities
                  color_jitter:Optional[tuple]=(0.2, 0.2, 0.2, 0.0), # (brightness, contrast, saturation, hue); None = off
@@ -697,13 +717,13 @@ class Augmentation(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"size={self.size}, scale={self.scale}, hflip={self.hflip}, vflip={self.vflip}, color_jitter={self.color_jitter}"
 
-# %% ../nbs/01_data.ipynb #688b3893
+# %% ../nbs/01_data.ipynb #9bdba71e
 @patch
 def _pipeline(self:Augmentation, size:tuple):
-    "The kornia pipeline for output `size` (built once per size)."
+    "The kornia pipeline of the random operations for output `size` (built once per size)."
     if size not in self._pipes:
         import kornia.augmentation as K
-        ops = [K.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio)] if self.scale else [K.Resize(min(size), side='short'), K.CenterCrop(size)]
+        ops = [K.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio)] if self.scale else []
         if self.hflip: ops.append(K.RandomHorizontalFlip(p=self.hflip))
         if self.vflip: ops.append(K.RandomVerticalFlip(p=self.vflip))
         if self.color_jitter: ops.append(K.ColorJitter(*self.color_jitter, p=self.jitter_p))
@@ -716,15 +736,16 @@ def forward(self:Augmentation, x:torch.Tensor, size:Union[int, tuple, None]=None
     size = (size, size) if isinstance(size, int) else tuple(size) if size is not None else self.size
     if size is None: raise ConfigError("Augmentation: no output size; pass size= here or Augmentation(size=...)")
     x = x[None] if x.dim() == 3 else x
+    if not self.scale and tuple(x.shape[-2:]) != size: x = resize_center_crop(x, size)
     return self._pipeline(tuple(size))(x).clamp(0, 1)
 
-# %% ../nbs/01_data.ipynb #a2891e0e
+# %% ../nbs/01_data.ipynb #f492b8e7
 AUGMENTATION_PRESETS = dict(
     light=dict(scale=(0.9, 1.0), color_jitter=(0.1, 0.1, 0.0, 0.0)),
     default=dict(),
     strong=dict(scale=(0.5, 1.0), vflip=0.5, color_jitter=(0.4, 0.4, 0.4, 0.05)),
     grayscale=dict(color_jitter=(0.2, 0.2, 0.0, 0.0)),
-    geometric=dict(color_jitter=None))
+    geometric=dict(scale=None, vflip=0.5, color_jitter=None))
 
 def make_augmentation(preset:Union[str, None, bool]='default', # a name in AUGMENTATION_PRESETS, 'none' / None / False for no augmentation
                       **overrides # any Augmentation argument
@@ -792,7 +813,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return (f"ImageTextDataset({len(self)} records, {len(self.class_names)} classes, image {self.image_size}, "
                 f"text {self.max_length} tokens, augment={'on' if self.augment else 'off'}, on_error={self.on_error!r})")
 
-# %% ../nbs/01_data.ipynb #77e8c8e7
+# %% ../nbs/01_data.ipynb #4043bb97
 @patch
 def caption_for(self:ImageTextDataset, i:int, epoch:Optional[int]=None) -> str:
     "The caption sample `i` uses in `epoch` (default: the current one); DataError if it has none."
@@ -803,16 +824,14 @@ def caption_for(self:ImageTextDataset, i:int, epoch:Optional[int]=None) -> str:
 
 @patch
 def _pixels(self:ImageTextDataset, img:Image.Image, i:int) -> torch.Tensor:
-    "(3, H, W) model input for a decoded image: processor alone, or augmentation + the processor's normalisation."
-    if self.augment is None:
-        x = self.image_processor(images=img, return_tensors='pt')['pixel_values']
-        if tuple(x.shape[-2:]) != self.image_size:  # the size changed after the processor was copied to a worker
-            x = F.interpolate(x, size=self.image_size, mode='bicubic', antialias=True, align_corners=False)
-        return x[0]
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)
+    "(3, H, W) model input for a decoded image: the processor's output, then (when training) the augmentation's random part."
+    x = self.image_processor(images=img, return_tensors='pt')['pixel_values']
+    if tuple(x.shape[-2:]) != self.image_size:  # the size changed after the processor was copied to a worker
+        x = F.interpolate(x, size=self.image_size, mode='bicubic', antialias=True, align_corners=False)
+    if self.augment is None: return x[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(self.seed, self.epoch, i, 1))
-        x = self.augment(x, size=self.image_size)
+        x = self.augment(denormalize_pixels(x, self.image_processor).clamp_(0, 1), size=self.image_size)
     return normalize_pixels(x, self.image_processor)[0]
 
 # %% ../nbs/01_data.ipynb #b60d4110

@@ -229,7 +229,7 @@ def read_manifest(folder) -> dict:
             raise ModelLoadError(f"{p}: {p.stat().st_size} bytes, but {MANIFEST_FILE} recorded {man['sizes'][name]}: the folder mixes two exports; {_export_help(folder)}")
     return man
 
-# %% ../nbs/10_export.ipynb #ec29ae48
+# %% ../nbs/10_export.ipynb #53407800
 def _np(x, dtype, what:str) -> np.ndarray:
     "A contiguous numpy array of `dtype` from a numpy array, torch tensor or nested list."
     if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
@@ -260,7 +260,7 @@ def _token_arrays(man:dict, input_ids, attention_mask) -> tuple:
     if not 0 < ids.shape[1] <= L: raise DataError(f"input_ids has {ids.shape[1]} tokens; this model takes 1 to {L}: tokenize with truncation=True, max_length={L}")
     return ids, mask
 
-# %% ../nbs/10_export.ipynb #5680be98
+# %% ../nbs/10_export.ipynb #5b517010
 def _default_providers(ort) -> list:
     have = ort.get_available_providers()
     return [p for p in ('CUDAExecutionProvider', 'CPUExecutionProvider') if p in have] or have

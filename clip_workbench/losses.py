@@ -15,10 +15,10 @@ from .core import CLIPFinetuningConfig, ConfigError, DataError
 
 # %% auto #0
 __all__ = ['LOSSES', 'SCHEDULES', 'STRATEGIES', 'EXPLORER_LOSSES', 'register_loss', 'TemperatureScheduler', 'ImageTextLoss',
-           'CLIPContrastiveLoss', 'SigLIPLoss', 'DomainSpecificLoss', 'HardNegativeMiningLoss', 'MultiScaleLoss',
-           'focal_loss', 'inverse_frequency_weights', 'FocalLoss', 'list_losses', 'get_loss', 'loss_from_config',
-           'CombinedLoss', 'TuningResult', 'tune_loss_params', 'linear_adapter_objective', 'synthetic_batch',
-           'explore_plot', 'loss_explorer']
+           'CLIPContrastiveLoss', 'SigLIPLoss', 'DomainSpecificLoss', 'ClassPromptLoss', 'HardNegativeMiningLoss',
+           'MultiScaleLoss', 'focal_loss', 'inverse_frequency_weights', 'FocalLoss', 'list_losses', 'get_loss',
+           'loss_from_config', 'CombinedLoss', 'TuningResult', 'tune_loss_params', 'linear_adapter_objective',
+           'synthetic_batch', 'explore_plot', 'loss_explorer']
 
 # %% ../nbs/03_losses.ipynb #9896cf5c
 def _check_features(image_features, text_features, same_rows:bool=True):
@@ -545,6 +545,37 @@ class DomainSpecificLoss(ImageTextLoss):
         else: i2t, t2i = ce_i2t.mean(), ce_t2i.mean()
         return dict(image_to_text_loss=i2t, text_to_image_loss=t2i, loss=self.domain_weight * (i2t + t2i) / 2,
                     positives_per_sample=pos.sum(1).to(qi.dtype).mean().detach())
+
+# %% ../nbs/03_losses.ipynb #235ebe4c
+@register_loss('class_prompt', 'class_prompts', 'prompt_ce')
+class ClassPromptLoss(ImageTextLoss):
+    "Images against one prompt prototype per class in the batch: the zero-shot head's cross-entropy (and its transpose)."
+    def __init__(self,
+                 temperature:float=0.07, # softmax temperature when no logit_scale is passed
+                 learnable_temp:bool=False, # learn log(1/temperature)
+                 class_weights=None, # per-class weights of the image rows: {label: w} or a sequence indexed by class index
+                 text_weight:float=0.5, # share of the text-to-image term (0: only the zero-shot cross-entropy)
+                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn
+                ):
+        super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
+        if not 0 <= text_weight <= 1: raise ConfigError(f"text_weight must be in [0, 1], got {text_weight!r}")
+        self.class_weights, self.text_weight = class_weights, float(text_weight)
+
+    def compute(self, img, txt, scale, bias, labels):
+        if labels is None: raise DataError("ClassPromptLoss needs labels (one class per pair): use records with labels, or the 'domain' or 'clip' loss")
+        qi, qt, ki, kt, lq, lk, off = self._views(img, txt, labels)
+        classes, col_class = torch.unique(lk, return_inverse=True)
+        members = F.one_hot(col_class, len(classes)).to(kt.dtype)  # (columns, classes)
+        protos = F.normalize(members.T @ kt, dim=-1)  # one text prototype per class
+        target = torch.searchsorted(classes, lq)
+        logits = scale * self._cos(qi, protos) + (0 if bias is None else bias)
+        ce = F.cross_entropy(logits, target, reduction='none')
+        w = None if self.class_weights is None else _class_weight_vector(self.class_weights, lq, self._label_map, qi)
+        i2t = ce.mean() if w is None else (w * ce).sum() / w.sum()
+        lt2i = scale * (protos @ ki.T) + (0 if bias is None else bias)
+        t2i = -((members.T / members.sum(0)[:, None]) * lt2i.log_softmax(1)).sum(1).mean()
+        return dict(image_to_text_loss=i2t, text_to_image_loss=t2i, loss=(1 - self.text_weight) * i2t + self.text_weight * t2i,
+                    classes_in_batch=torch.tensor(float(len(classes))))
 
 # %% ../nbs/03_losses.ipynb #92791dc3
 STRATEGIES = ('hard', 'semi-hard', 'weighted')

@@ -234,7 +234,10 @@ def grads_finite(obj # a model, an optimizer, or an iterable of modules/paramete
                 ) -> bool:
     "True when every existing gradient is free of NaN and inf."
     grads = [p.grad for p in _params(obj) if p.grad is not None]
-    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    if not grads or not all(g.is_floating_point() for g in grads): return not grads or all(bool(torch.isfinite(g).all()) for g in grads)
+    # one cheap pass: a sum holding a NaN or an inf is never finite, so only a non-finite sum (or an overflow) needs a closer look
+    sums = torch.stack([g.sum(dtype=torch.float32) for g in grads])
+    return bool(sums.isfinite().all()) or all(bool(torch.isfinite(g).all()) for g, s in zip(grads, sums) if not s.isfinite())
 
 # %% ../nbs/04_memory.ipynb #d235d98b
 class Precision:
