@@ -171,7 +171,7 @@ def plot_demo(rows:list, # `demo_rows`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/11_cli.ipynb #a797408c
+# %% ../nbs/11_cli.ipynb #befc3396
 def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
     "Fine-tune the default model on one split; evaluate; add the result (and, first, the zero-shot one) to `results`."
     import time
@@ -205,7 +205,7 @@ def _demo_wise_ft(ctl, start_weights, test, out:Path) -> list:
     names = ctl.class_names
     fn = zero_shot_evaluator(ctl.processor, test, names, ctl.domain.templates, ctl._descriptions(), ctl.domain.normal_class(names))
     sweep = wise_ft_sweep(start_weights, ctl.model, fn)
-    fig = plot_wise_ft(sweep, 'accuracy', title='WiSE-FT on the textile test set (full split)')
+    fig = plot_wise_ft(sweep, 'accuracy', title='WiSE-FT, full split')
     fig.savefig(out/'wise_ft.png', dpi=110); plt.close(fig)
     return sweep
 
