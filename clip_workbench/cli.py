@@ -171,7 +171,7 @@ def plot_demo(rows:list, # `demo_rows`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/11_cli.ipynb #befc3396
+# %% ../nbs/11_cli.ipynb #405a24e7
 def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
     "Fine-tune the default model on one split; evaluate; add the result (and, first, the zero-shot one) to `results`."
     import time
