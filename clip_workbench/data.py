@@ -656,7 +656,7 @@ def text_max_length(tokenizer, max_length:Optional[int]=77, model_max_length:Opt
     if max_length is not None and max_length < 1: raise ConfigError(f"max_length must be >= 1, got {max_length}")
     return min(limits) if limits else 77
 
-# %% ../nbs/01_data.ipynb #d4fbcf45
+# %% ../nbs/01_data.ipynb #7c2486b8
 def _get(s, k):
     "Key `k` of a size dict or SizeDict (None if absent)."
     return s.get(k) if isinstance(s, dict) else getattr(s, k, None)
@@ -670,21 +670,23 @@ def processor_image_size(image_processor) -> tuple:
     if isinstance(size, int): return (size, size)
     raise ConfigError(f"cannot tell the output size of image processor {type(image_processor).__name__}; give ImageTextDataset(image_size=...)")
 
+def _mean_std(image_processor, dtype) -> tuple:
+    "The processor's normalisation mean and std, shaped (1, C, 1, 1)."
+    return tuple(torch.tensor(v, dtype=dtype).view(1, -1, 1, 1) for v in (image_processor.image_mean, image_processor.image_std))
+
 def normalize_pixels(x:torch.Tensor, image_processor) -> torch.Tensor:
     "Images in [0, 1] (B, 3, H, W) -> the processor's rescaling and normalisation."
     if getattr(image_processor, 'do_rescale', True): x = x * 255 * getattr(image_processor, 'rescale_factor', 1 / 255)
     else: x = x * 255
     if getattr(image_processor, 'do_normalize', True):
-        mean = torch.tensor(image_processor.image_mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(image_processor.image_std, dtype=x.dtype).view(1, -1, 1, 1)
+        mean, std = _mean_std(image_processor, x.dtype)
         x = (x - mean) / std
     return x
 
 def denormalize_pixels(x:torch.Tensor, image_processor) -> torch.Tensor:
     "The processor's output (B, 3, H, W) -> images in [0, 1]: the inverse of `normalize_pixels`."
     if getattr(image_processor, 'do_normalize', True):
-        mean = torch.tensor(image_processor.image_mean, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(image_processor.image_std, dtype=x.dtype).view(1, -1, 1, 1)
+        mean, std = _mean_std(image_processor, x.dtype)
         x = x * std + mean
     return x / (255 * getattr(image_processor, 'rescale_factor', 1 / 255)) if getattr(image_processor, 'do_rescale', True) else x / 255
 

@@ -222,7 +222,7 @@ def autocast(device=None, # the device of the model
     if precision == 'no': return contextlib.nullcontext()
     return torch.autocast(device_type=_as_device(device).type, dtype=DTYPES[precision])
 
-# %% ../nbs/04_memory.ipynb #dbd97f21
+# %% ../nbs/04_memory.ipynb #89b2651e
 def _params(obj) -> list:
     "The parameters of a module, an optimizer, or an iterable of modules/tensors."
     if isinstance(obj, nn.Module): return list(obj.parameters())
@@ -234,7 +234,8 @@ def grads_finite(obj # a model, an optimizer, or an iterable of modules/paramete
                 ) -> bool:
     "True when every existing gradient is free of NaN and inf."
     grads = [p.grad for p in _params(obj) if p.grad is not None]
-    if not grads or not all(g.is_floating_point() for g in grads): return not grads or all(bool(torch.isfinite(g).all()) for g in grads)
+    if not grads: return True
+    if not all(g.is_floating_point() for g in grads): return all(bool(torch.isfinite(g).all()) for g in grads)
     # one cheap pass: a sum holding a NaN or an inf is never finite, so only a non-finite sum (or an overflow) needs a closer look
     sums = torch.stack([g.sum(dtype=torch.float32) for g in grads])
     return bool(sums.isfinite().all()) or all(bool(torch.isfinite(g).all()) for g, s in zip(grads, sums) if not s.isfinite())
