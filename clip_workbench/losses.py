@@ -333,7 +333,7 @@ class CLIPContrastiveLoss(ImageTextLoss):
             t2i = F.cross_entropy(lt2i, tgt, label_smoothing=self.label_smoothing)
         return dict(image_to_text_loss=i2t, text_to_image_loss=t2i, loss=(i2t + t2i) / 2)
 
-# %% ../nbs/03_losses.ipynb #e97f34fe
+# %% ../nbs/03_losses.ipynb #6561784f
 class _ChunkedInfoNCE(torch.autograd.Function):
     "Per-row (and per-column) cross-entropy of `scale * q @ k.T` against column `off + i`, label smoothing `eps`; one block of rows at a time, backward recomputing each block."
     @staticmethod
@@ -341,17 +341,18 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         n, m = len(q), len(k)
         row = q.new_empty(n)
         cmax, csum = q.new_full((m,), -math.inf), q.new_zeros(m)
+        qs = q * scale                                # scaling the features, not every block of logits
         for a in range(0, n, chunk):
-            z = (q[a:a + chunk] @ k.T).mul_(scale)
+            z = qs[a:a + chunk] @ k.T
             row[a:a + chunk] = torch.logsumexp(z, 1)
             if cols:  # streaming logsumexp down the columns: rescale the running sum to the new maximum
                 mx = torch.maximum(cmax, z.amax(0))
                 csum.mul_((cmax - mx).exp_()).add_(z.sub_(mx).exp_().sum(0))
                 cmax = mx
-        pos = (q * k[off:off + n]).sum(1) * scale
-        row_ce = row - (1 - eps) * pos - (eps * scale * (q @ k.mean(0)) if eps else 0)
+        pos = (qs * k[off:off + n]).sum(1)
+        row_ce = row - (1 - eps) * pos - (eps * (qs @ k.mean(0)) if eps else 0)
         col = cmax + csum.log() if cols else q.new_zeros(0)
-        col_ce = col - (1 - eps) * pos - (eps * scale * (k @ q.mean(0)) if eps else 0) if cols else q.new_zeros(0)
+        col_ce = col - (1 - eps) * pos - (eps * (k @ qs.mean(0)) if eps else 0) if cols else q.new_zeros(0)
         ctx.save_for_backward(q, k, scale, row, col)
         ctx.off, ctx.eps, ctx.chunk, ctx.cols = off, eps, chunk, cols
         return row_ce, col_ce
@@ -361,12 +362,11 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         q, k, scale, row, col = ctx.saved_tensors
         off, eps, n, m = ctx.off, ctx.eps, len(q), len(k)
         nq, nk, ns = ctx.needs_input_grad[:3]
-        gq, gk = (torch.zeros_like(q) if nq else None), (torch.zeros_like(k) if nk else None)
-        gs = torch.zeros((), dtype=q.dtype, device=q.device)
+        qs, gk = q * scale, (torch.zeros_like(k) if nk else None)
+        gz_k = torch.empty_like(q)                    # dL/dz @ k, block by block: q's gradient / scale
         for a in range(0, n, ctx.chunk):
             b = min(a + ctx.chunk, n)
-            cos = q[a:b] @ k.T
-            z = cos * scale
+            z = qs[a:b] @ k.T
             G = (z - row[a:b, None]).exp_()          # row softmax ...
             if eps: G.sub_(eps / m)
             G.diagonal(off + a).sub_(1 - eps)        # ... minus the (smoothed) target
@@ -375,13 +375,11 @@ class _ChunkedInfoNCE(torch.autograd.Function):
                 P = z.sub_(col).exp_()
                 if eps: P.sub_(eps / n)
                 P.diagonal(a).sub_(1 - eps)
-                G.add_(P.mul_(g_col))
-            if ns: gs += torch.dot(G.view(-1), cos.view(-1))
-            if nq: gq[a:b] = G @ k
+                G.addcmul_(P, g_col)
+            torch.mm(G, k, out=gz_k[a:b])
             if nk: gk.addmm_(G.T, q[a:b])
-        if nq: gq.mul_(scale)
-        if nk: gk.mul_(scale)
-        return gq, gk, (gs.reshape(scale.shape) if ns else None), None, None, None, None
+        gs = (gz_k * q).sum().reshape(scale.shape) if ns else None  # sum_ij G_ij q_i.k_j, without another pass over the blocks
+        return (gz_k.mul_(scale) if nq else None), (gk.mul_(scale) if nk else None), gs, None, None, None, None
 
 # %% ../nbs/03_losses.ipynb #b8119fb2
 def _chunked_info_nce(qi, qt, ki, kt, scale, off:int, eps:float, chunk:int):

@@ -419,7 +419,7 @@ def _set_rng_state(state:tuple, device:torch.device):
         if device.type == 'cuda': torch.cuda.set_rng_state(state[1], device)
         elif device.type == 'mps': torch.mps.set_rng_state(state[1])
 
-# %% ../nbs/04_memory.ipynb #e19f3c85
+# %% ../nbs/04_memory.ipynb #07d5a737
 class GradientCacheStep(StepStrategy):
     "Exact large-batch gradients in micro-batch memory (Gao et al. 2021): cached features, full-batch loss, re-forward with replayed RNG."
     def __init__(self, micro_batch_size:int, # samples per forward/backward pass
@@ -432,23 +432,24 @@ class GradientCacheStep(StepStrategy):
     def __call__(self, model, batch:dict, loss) -> dict:
         dev = _model_device(model)
         batch = _to_device(batch, dev)
-        spans = _spans(_batch_len(batch), self.micro_batch_size)
-        if len(spans) == 1: return PlainStep.__call__(self, model, batch, loss)
+        *cached, (la, lb) = _spans(_batch_len(batch), self.micro_batch_size)
+        if not cached: return PlainStep.__call__(self, model, batch, loss)
         states, imgs, txts = [], [], []
-        with torch.no_grad():                                    # 1. features of every micro-batch, no graph
-            for a, b in spans:
+        with torch.no_grad():                                    # 1. features of every micro-batch but the last, no graph
+            for a, b in cached:
                 states.append(_rng_state(dev))
                 with self.precision.autocast(): i, t = forward_features(model, _slice(batch, a, b))
                 imgs.append(i.float()); txts.append(t.float())
+        with self.precision.autocast(): li, lt = forward_features(model, _slice(batch, la, lb))  # the last keeps its graph
         after = _rng_state(dev)
-        img, txt = torch.cat(imgs).requires_grad_(), torch.cat(txts).requires_grad_()
+        ci, ct = torch.cat(imgs).requires_grad_(), torch.cat(txts).requires_grad_()
         del imgs, txts
-        terms = compute_loss(model, loss, img, txt, batch_labels(batch))  # 2. the full-batch loss, once
-        self.precision.backward(terms['loss'])                   #    -> d loss / d features (+ logit scale and bias)
-        g_img, g_txt = img.grad, txt.grad
+        terms = compute_loss(model, loss, torch.cat([ci, li.float()]), torch.cat([ct, lt.float()]), batch_labels(batch))
+        self.precision.backward(terms['loss'])                   # 2. the full-batch loss, once -> d loss / d cached features,
+        g_img, g_txt = ci.grad, ct.grad                          #    logit scale and bias; the last micro-batch's gradients
         out = _detached(terms)
-        del terms, img, txt
-        for (a, b), state in zip(spans, states):                 # 3. re-forward with the same dropout, push the cached gradients
+        del terms, ci, ct, li, lt
+        for (a, b), state in zip(cached, states):                # 3. re-forward with the same dropout, push the cached gradients
             if self.restore_rng: _set_rng_state(state, dev)
             with self.precision.autocast(): i, t = forward_features(model, _slice(batch, a, b))
             live = [(f.float(), g[a:b]) for f, g in ((i, g_img), (t, g_txt)) if f.requires_grad]  # a locked tower has no graph

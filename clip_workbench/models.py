@@ -7,7 +7,7 @@ from __future__ import annotations
 import math, os, shutil, uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Union
+from typing import Literal, Optional, Union  # Literal: see DualEncoderConfig's signature below
 
 import huggingface_hub, torch, transformers
 import torch.nn as nn, torch.nn.functional as F

@@ -13,6 +13,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import CLIPFinetuningConfig, CLIPFinetuningError, ConfigError, get_device, seed_everything
+from .memory import _model_device, _to_device
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelFit', 'Callback', 'tower_of', 'param_groups', 'lr_factor', 'Trainer', 'eval_frozen', 'compile_blocks',
@@ -89,7 +90,7 @@ class Trainer:
                  optimizer:Optional[torch.optim.Optimizer]=None, # default: AdamW over `param_groups`
                  compile:bool=False):            # compile each tower's blocks with torch.compile (see compile_blocks)
         from clip_workbench.memory import PlainStep, Precision
-        self.device = device if isinstance(device, torch.device) else get_device(device) if device else next(model.parameters()).device
+        self.device = device if isinstance(device, torch.device) else get_device(device) if device else _model_device(model)
         self.model, self.loss, self.train_dl = model.to(self.device), loss.to(self.device), train_dl
         if compile: compile_blocks(self.model)
         self.num_epochs, self.max_grad_norm, self.seed = num_epochs, max_grad_norm, seed
@@ -111,9 +112,6 @@ class Trainer:
             if f is not None: f(self)
 
 # %% ../nbs/05_train.ipynb #e9b195aa
-def _to_device(batch:dict, device:torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
 def eval_frozen(module:torch.nn.Module) -> torch.nn.Module:
     "Put every sub-module whose parameters are all frozen in eval mode (no dropout, frozen BatchNorm statistics)."
     for child in module.children():
@@ -348,7 +346,7 @@ def recompute_batchnorm(model:torch.nn.Module, # a CLIP-style model
     "Reset the running statistics of trainable BatchNorm layers and recompute them over `batches`; return the number of batches."
     bns = _trainable_batchnorms(model)
     if not bns: return 0
-    device = device or next(model.parameters()).device
+    device = device or _model_device(model)
     was, momenta = model.training, [m.momentum for m in bns]
     model.eval()
     for m in bns: m.reset_running_stats(); m.momentum = None; m.train()  # momentum None: cumulative (exact) average
@@ -487,12 +485,16 @@ class CLIPFinetuningController:
     def __init__(self, config:CLIPFinetuningConfig, # the run's settings
                  explicit:Sequence[str]=(), # fields the user set explicitly (kept over the domain's defaults)
                  model=None, processor=None, # an already loaded model and processor (default: load config.model_name)
-                 descriptions:Optional[dict]=None, # class name -> text for the prompts (default: the domain's class names)
+                 descriptions:Optional[dict]=None, # class name -> text for the prompts (default: the textile set's when `data_path` is None, else the domain's class names)
                  progress:bool=True # show a progress bar while training
                 ):
         from clip_workbench.domains import apply_domain, get_domain
         self.config = apply_domain(config, explicit)
-        self.domain, self.descriptions, self.progress = get_domain(self.config.domain), descriptions, progress
+        self.domain, self.progress = get_domain(self.config.domain), progress
+        if descriptions is None and self.config.data_path is None:  # the bundled textile set: its class descriptions, whatever is called first
+            from clip_workbench.data import TEXTILE_DESCRIPTIONS
+            descriptions = dict(TEXTILE_DESCRIPTIONS)
+        self.descriptions = descriptions
         seed_everything(self.config.seed)
         self.device = get_device(self.config.device)
         self.output_dir = Path(self.config.output_dir)
@@ -509,12 +511,11 @@ class CLIPFinetuningController:
 @patch
 def load_data(self:CLIPFinetuningController):
     "Train, validation and test records from the config."
-    from clip_workbench.data import load_records, split_records, textile_records, validate_records, TEXTILE_DESCRIPTIONS
+    from clip_workbench.data import load_records, split_records, textile_records, validate_records
     cfg = self.config
     if cfg.data_path is None:
         train, test = textile_records('train'), textile_records('test')  # the protocol's fixed test set, whatever the run's seed
         train, val, _ = split_records(train, val=cfg.val_split, test=0.0, seed=cfg.seed)
-        if self.descriptions is None: self.descriptions = dict(TEXTILE_DESCRIPTIONS)
         return train, val, test
     cols = {k: getattr(cfg, k) for k in ('image_column', 'caption_column', 'label_column') if getattr(cfg, k)}
     records = validate_records(load_records(cfg.data_path, **cols), on_error='skip', source=cfg.data_path).records
