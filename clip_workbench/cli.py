@@ -57,7 +57,7 @@ def cmd_data_check(args) -> int:
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary(max_problems=None))
     return 0 if report.ok else 1
 
-# %% ../nbs/11_cli.ipynb #de5d231f
+# %% ../nbs/11_cli.ipynb #5523840c
 def load_config(path=None, overrides:Sequence[str]=()) -> tuple:
     "The config from a file (or the defaults) with `key=value` overrides; and the fields set explicitly."
     from clip_workbench.core import CLIPFinetuningConfig
@@ -72,6 +72,7 @@ def cmd_train(args) -> int:
     cfg, explicit = load_config(args.config, args.set or [])
     ctl = CLIPFinetuningController(cfg, explicit=explicit)
     summary = ctl.fine_tune(resume=args.resume)
+    if not ctl.dist.is_main: return 0  # the first process evaluates and reports
     res = ctl.evaluate_on_domain(out_dir=Path(summary['output_dir'])/'eval')
     summary['test'] = {k: v for k, v in res.get('zero_shot', {}).items() if k in ('accuracy', 'balanced_accuracy')}
     print(json.dumps(summary, indent=2))
@@ -409,3 +410,7 @@ def main(argv=None) -> int:
         name = ' '.join(v for k, v in vars(args).items() if k == 'command' or k.endswith('_command'))
         print(f"clip-workbench {name}: error: {e}", file=sys.stderr)
         return 2
+
+# %% ../nbs/11_cli.ipynb #464d9f58
+#| eval: false
+if __name__ == '__main__': sys.exit(main())  # python -m clip_workbench.cli (how torchrun starts it)

@@ -784,13 +784,18 @@ def get_loss(name:str, # a registered name, e.g. "clip", "siglip", "hard_negativ
     try: return cls(**kwargs)
     except ConfigError as e: raise ConfigError(f"loss {name!r}: {e}") from None
 
-# %% ../nbs/03_losses.ipynb #9c8ab874
-def loss_from_config(cfg:CLIPFinetuningConfig) -> ImageTextLoss:
+# %% ../nbs/03_losses.ipynb #adc58bde
+def loss_from_config(cfg:CLIPFinetuningConfig,
+                     **extra # more arguments, e.g. `clip_workbench.distributed.loss_kwargs(info)` (a combined loss: for each part)
+                    ) -> ImageTextLoss:
     "The loss a config asks for: `cfg.loss` with `cfg.loss_kwargs`, and `cfg.temperature` unless loss_kwargs sets it."
     kw = dict(cfg.loss_kwargs)
     key = str(cfg.loss).lower().replace('-', '_')
     if key in LOSSES and 'temperature' in _accepted_args(LOSSES[key]) and not {'temperature', 'base_temperature'} & set(kw):
         kw['temperature'] = cfg.temperature
+    if extra and key in LOSSES and LOSSES[key] is LOSSES.get('combined'):  # CombinedLoss, registered below
+        kw['losses'] = {n: dict(part, **extra) if isinstance(part, dict) else part for n, part in kw.get('losses', {}).items()}
+    else: kw.update(extra)
     return get_loss(cfg.loss, **kw)
 
 # %% ../nbs/03_losses.ipynb #a3a31f66

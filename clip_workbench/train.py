@@ -479,7 +479,7 @@ class ResolutionSchedule(Callback):
 
     def after_step(self, t): t.history[-1]['resolution'] = float(t.resolution or 0)
 
-# %% ../nbs/05_train.ipynb #aad8107a
+# %% ../nbs/05_train.ipynb #21a92463
 class CLIPFinetuningController:
     "Fine-tune and evaluate a CLIP-style model on a domain, from one config."
     def __init__(self, config:CLIPFinetuningConfig, # the run's settings
@@ -488,6 +488,7 @@ class CLIPFinetuningController:
                  descriptions:Optional[dict]=None, # class name -> text for the prompts (default: the textile set's when `data_path` is None, else the domain's class names)
                  progress:bool=True # show a progress bar while training
                 ):
+        from clip_workbench.distributed import init_distributed
         from clip_workbench.domains import apply_domain, get_domain
         self.config = apply_domain(config, explicit)
         self.domain, self.progress = get_domain(self.config.domain), progress
@@ -495,8 +496,9 @@ class CLIPFinetuningController:
             from clip_workbench.data import TEXTILE_DESCRIPTIONS
             descriptions = dict(TEXTILE_DESCRIPTIONS)
         self.descriptions = descriptions
+        self.dist = init_distributed(self.config.device)  # one process, unless started by torchrun
         seed_everything(self.config.seed)
-        self.device = get_device(self.config.device)
+        self.device = self.dist.device
         self.output_dir = Path(self.config.output_dir)
         if model is None:
             from clip_workbench.models import load_model
@@ -506,6 +508,7 @@ class CLIPFinetuningController:
         if self.config.lock_tower:
             from clip_workbench.models import lock_tower
             lock_tower(self.model, self.config.lock_tower, self.config.unlocked_layers, lock_projection=False)
+        if self.dist.distributed: seed_everything(self.config.seed + self.dist.rank)  # the weights are synced; dropout differs per process
 
 # %% ../nbs/05_train.ipynb #0c6fd91e
 @patch
@@ -529,26 +532,33 @@ def class_prompts(self:CLIPFinetuningController, records) -> list:
     return [replace(r, captions=[t.format(d.get(r.label) or self.domain.canonical_class(r.label)) for t in self.domain.templates]) if r.label else r
             for r in records]
 
-# %% ../nbs/05_train.ipynb #72c448ea
+# %% ../nbs/05_train.ipynb #038cbef0
 @patch
 def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_names=None) -> Trainer:
     from clip_workbench.data import ImageTextDataset, make_augmentation, make_dataloader
+    from clip_workbench.distributed import DistributedStep, distributed_loader, loss_kwargs, min_over_processes
     from clip_workbench.losses import loss_from_config
     from clip_workbench.memory import MemoryManager
-    cfg, dom = self.config, self.domain
+    cfg, dom, info = self.config, self.domain, self.dist
     ds = ImageTextDataset(self.class_prompts(train), self.processor, augment=make_augmentation(dom.augmentation),
                           max_length=cfg.max_sequence_length, class_names=class_names, seed=cfg.seed, on_error='skip')
     self.class_names = ds.class_names
-    loss = loss_from_config(cfg).to(self.device)
+    loss = loss_from_config(cfg, **loss_kwargs(info)).to(self.device)
     mm = MemoryManager.from_config(cfg)
-    bs = cfg.batch_size or min(len(ds), mm.find_batch_size(self.model, loss, max_batch_size=256).batch_size)
-    dl = make_dataloader(ds, bs, shuffle=True, seed=cfg.seed, drop_last=len(ds) > bs, device=self.device)
-    step = mm.step_strategy(batch_size=bs, micro_batches=cfg.gradient_accumulation_steps)
-    eval_fn = (lambda model: self._val_metrics(val)) if val else None
-    cbs = [LogCallback(out, cfg.logging_steps), CheckpointCallback(out/'checkpoints', cfg.save_steps)] + ([ProgressCallback()] if self.progress else [])
-    if eval_fn: cbs += [EvalCallback(eval_fn, cfg.eval_steps), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
-    if cfg.resolution_schedule: cbs.append(ResolutionSchedule(cfg.resolution_schedule, self.processor))
-    if cfg.precise_bn_batches and _trainable_batchnorms(self.model): cbs.append(PreciseBatchNorm(cfg.precise_bn_batches, cfg.eval_steps))
+    if cfg.batch_size: bs = cfg.batch_size
+    else:  # per process, with a loss of its own (trial steps must not wait for the other processes), the smallest of all
+        per = mm.find_batch_size(self.model, loss_from_config(cfg).to(self.device), max_batch_size=256).batch_size
+        bs = info.world_size * min(min_over_processes(per, info), len(ds) // info.world_size)
+    if info.distributed: dl = distributed_loader(ds, bs, info, seed=cfg.seed, device=self.device)
+    else: dl = make_dataloader(ds, bs, shuffle=True, seed=cfg.seed, drop_last=len(ds) > bs, device=self.device)
+    step = mm.step_strategy(batch_size=bs // info.world_size, micro_batches=cfg.gradient_accumulation_steps)
+    if info.distributed: step = DistributedStep(step)
+    eval_fn = (lambda model: self._val_metrics(val)) if val and info.is_main else None
+    cbs = [ResolutionSchedule(cfg.resolution_schedule, self.processor)] if cfg.resolution_schedule else []
+    if info.is_main:  # one process writes and evaluates
+        cbs += [LogCallback(out, cfg.logging_steps), CheckpointCallback(out/'checkpoints', cfg.save_steps)] + ([ProgressCallback()] if self.progress else [])
+        if eval_fn: cbs += [EvalCallback(eval_fn, cfg.eval_steps), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
+        if cfg.precise_bn_batches and _trainable_batchnorms(self.model): cbs.append(PreciseBatchNorm(cfg.precise_bn_batches, cfg.eval_steps))
     return Trainer(self.model, loss, dl, num_epochs=cfg.num_epochs, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                    warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm, step=step, device=self.device,
                    callbacks=cbs, seed=cfg.seed)
@@ -565,7 +575,7 @@ def _val_metrics(self:CLIPFinetuningController, records) -> dict:
 def _descriptions(self:CLIPFinetuningController) -> dict:
     return {c: (self.descriptions or {}).get(c) or self.domain.canonical_class(c) for c in self.class_names}
 
-# %% ../nbs/05_train.ipynb #c427b49b
+# %% ../nbs/05_train.ipynb #42b7070c
 @patch
 def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training records (default: from the config)
               val_dataset=None, # validation records (default: from the config)
@@ -573,18 +583,22 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
               resume:bool=False # continue from the latest checkpoint in output_path/checkpoints
              ) -> dict:
     "Fine-tune on the domain; save best and final models, logs and curves; return a summary."
+    from clip_workbench.distributed import barrier
     from clip_workbench.models import save_model
-    out = Path(output_path or self.config.output_dir); out.mkdir(parents=True, exist_ok=True)
-    self.config.save(out/'config.yaml')
+    out, main = Path(output_path or self.config.output_dir), self.dist.is_main
+    out.mkdir(parents=True, exist_ok=True)
+    if main: self.config.save(out/'config.yaml')
     if train_dataset is None: train_dataset, val_dataset, self.test_records = self.load_data()
     self.trainer = t = self._build_trainer(list(train_dataset), list(val_dataset or []), out)
     t.fit(resume_from=latest_checkpoint(out/'checkpoints') if resume else None)
-    save_model(self.model, self.processor, out/'final')
-    if t.history:
+    if main: save_model(self.model, self.processor, out/'final')
+    if main and t.history:
         import matplotlib.pyplot as plt
         fig = plot_history(t.history); fig.savefig(out/'history.png', dpi=100); plt.close(fig)
+    barrier(self.dist)
     best = next((c for c in t.callbacks if isinstance(c, BestModelCallback)), None)
-    return dict(output_dir=str(out), steps=t.step, epochs=t.epoch, batch_size=t.train_dl.batch_size, skipped_steps=t.n_skipped_steps,
+    return dict(output_dir=str(out), steps=t.step, epochs=t.epoch, batch_size=t.train_dl.batch_size * self.dist.world_size,
+                processes=self.dist.world_size, skipped_steps=t.n_skipped_steps,
                 final_loss=t.history[-1]['loss'] if t.history else None,
                 best_val_accuracy=best.best if best else None, best_step=best.best_step if best else None)
 
