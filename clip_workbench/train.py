@@ -532,7 +532,7 @@ def class_prompts(self:CLIPFinetuningController, records) -> list:
     return [replace(r, captions=[t.format(d.get(r.label) or self.domain.canonical_class(r.label)) for t in self.domain.templates]) if r.label else r
             for r in records]
 
-# %% ../nbs/05_train.ipynb #038cbef0
+# %% ../nbs/05_train.ipynb #4e76dd4c
 @patch
 def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_names=None) -> Trainer:
     from clip_workbench.data import ImageTextDataset, make_augmentation, make_dataloader
@@ -554,11 +554,12 @@ def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_na
     step = mm.step_strategy(batch_size=bs // info.world_size, micro_batches=cfg.gradient_accumulation_steps)
     if info.distributed: step = DistributedStep(step)
     eval_fn = (lambda model: self._val_metrics(val)) if val and info.is_main else None
-    cbs = [ResolutionSchedule(cfg.resolution_schedule, self.processor)] if cfg.resolution_schedule else []
+    cbs = []
     if info.is_main:  # one process writes and evaluates
         cbs += [LogCallback(out, cfg.logging_steps), CheckpointCallback(out/'checkpoints', cfg.save_steps)] + ([ProgressCallback()] if self.progress else [])
         if eval_fn: cbs += [EvalCallback(eval_fn, cfg.eval_steps), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
-        if cfg.precise_bn_batches and _trainable_batchnorms(self.model): cbs.append(PreciseBatchNorm(cfg.precise_bn_batches, cfg.eval_steps))
+    if cfg.resolution_schedule: cbs.append(ResolutionSchedule(cfg.resolution_schedule, self.processor))  # every process
+    if info.is_main and cfg.precise_bn_batches and _trainable_batchnorms(self.model): cbs.append(PreciseBatchNorm(cfg.precise_bn_batches, cfg.eval_steps))
     return Trainer(self.model, loss, dl, num_epochs=cfg.num_epochs, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                    warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm, step=step, device=self.device,
                    callbacks=cbs, seed=cfg.seed)
