@@ -26,3 +26,12 @@ def test_train_on_two_processes(tmp_path):
 def test_batch_not_divisible_by_processes(tmp_path):
     r = torchrun(*tiny_args(tmp_path / 'run', 1, '--set', 'batch_size=3'))
     assert r.returncode != 0 and "batch_size 3 is not divisible by the 2 processes" in r.stderr
+
+def test_resume_on_two_processes(tmp_path):
+    out = tmp_path / 'run'
+    args = lambda epochs, *extra: tiny_args(out, epochs, '--set', 'batch_size=2', '--set', 'save_steps=1', *extra)
+    assert torchrun(*args(2)).returncode == 0
+    r = torchrun(*args(4, '--resume'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = [json.loads(l)['step'] for l in (out / 'log.jsonl').read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1)) and json.loads(r.stdout[r.stdout.index('{'):])['epochs'] == 4  # continued, nothing repeated
