@@ -14,9 +14,9 @@ import yaml
 from .core import CLIPFinetuningError, device_report
 
 # %% auto #0
-__all__ = ['CORE_PACKAGES', 'OPTIONAL_PACKAGES', 'DEMO_TARGETS', 'DEMO_RUNS', 'environment_info', 'cmd_info', 'cmd_data_check',
-           'load_config', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'demo_rows', 'demo_targets', 'plot_demo',
-           'cmd_demo', 'export_summary', 'cmd_export', 'cmd_serve', 'build_parser', 'main']
+__all__ = ['CORE_PACKAGES', 'OPTIONAL_PACKAGES', 'DEMO_TARGETS', 'DEMO_RUNS', 'DEMO_EXPLICIT', 'environment_info', 'cmd_info',
+           'cmd_data_check', 'load_config', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'demo_rows', 'demo_targets',
+           'plot_demo', 'demo_config', 'cmd_demo', 'export_summary', 'cmd_export', 'cmd_serve', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #c1b01ae3
 CORE_PACKAGES = ('torch', 'transformers', 'kornia', 'pillow', 'safetensors', 'fastapi', 'uvicorn')
@@ -172,19 +172,25 @@ def plot_demo(rows:list, # `demo_rows`
     fig.tight_layout()
     return fig
 
-# %% ../nbs/11_cli.ipynb #405a24e7
+# %% ../nbs/11_cli.ipynb #ef70d382
+DEMO_EXPLICIT = ['num_epochs', 'learning_rate', 'loss']  # the demo's fields kept over the industrial preset's
+
+def demo_config(args, # the demo's command-line arguments (`build_parser().parse_args(['demo'])` for its defaults)
+                epochs:int, output_dir) -> 'CLIPFinetuningConfig':
+    "The demo's fine-tuning config: the default model, industrial domain, class-prompt loss, text tower locked."
+    from clip_workbench.core import CLIPFinetuningConfig
+    return CLIPFinetuningConfig(model_name='default', domain='industrial', loss='class_prompt', num_epochs=epochs, batch_size=args.batch_size,
+                                learning_rate=args.lr, warmup_steps=10, lock_tower='text', device=args.device, mixed_precision=args.precision,
+                                output_dir=str(output_dir), logging_steps=5, seed=args.seed)
+
 def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
     "Fine-tune the default model on one split; evaluate; add the result (and, first, the zero-shot one) to `results`."
     import time
-    from clip_workbench.core import CLIPFinetuningConfig
     from clip_workbench.data import textile_records
     from clip_workbench.train import CLIPFinetuningController
     spec = DEMO_RUNS[split]
     epochs = args.epochs or spec['epochs']
-    cfg = CLIPFinetuningConfig(model_name='default', domain='industrial', loss='class_prompt', num_epochs=epochs, batch_size=args.batch_size,
-                               learning_rate=args.lr, warmup_steps=10, lock_tower='text', device=args.device, mixed_precision=args.precision,
-                               output_dir=str(out/split), logging_steps=5, seed=args.seed)
-    ctl = CLIPFinetuningController(cfg, explicit=['num_epochs', 'learning_rate', 'loss'])
+    ctl = CLIPFinetuningController(demo_config(args, epochs, out/split), explicit=DEMO_EXPLICIT)
     train, val, test = ctl.load_data()
     if split == 'few-shot': train = textile_records('few_shot')
     if spec['eval_every'] > 1: ctl.config = replace(ctl.config, eval_steps=max(1, len(train) // args.batch_size) * spec['eval_every'])

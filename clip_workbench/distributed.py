@@ -104,7 +104,7 @@ def loss_kwargs(info:DistInfo) -> dict:
     "What a loss needs to gather negatives across processes (`rank`, `world_size`, `gather_fn`); empty for one process."
     return dict(rank=info.rank, world_size=info.world_size, gather_fn=gather_with_grad) if info.distributed else {}
 
-# %% ../nbs/08_distributed.ipynb #e445b922
+# %% ../nbs/08_distributed.ipynb #43f2a101
 def _flat_all_reduce_mean(tensors:list):
     "Average `tensors` across processes in place, in one all_reduce per dtype."
     by_dtype = {}
@@ -115,12 +115,19 @@ def _flat_all_reduce_mean(tensors:list):
         flat /= dist.get_world_size()
         for t, v in zip(ts, flat.split([t.numel() for t in ts])): t.copy_(v.view_as(t))
 
+def _check_same_count(n:int):
+    "Every process must average the same gradients: say how many each has."
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, n)
+    if len(set(counts)) > 1:
+        raise CLIPFinetuningError(f"processes disagree on how many parameters have gradients {counts}: every process must run the same model and loss")
+
 def broadcast_state(module:torch.nn.Module, buffers_only:bool=False, src:int=0):
     "Copy process `src`'s parameters and buffers (or buffers only) to every process."
     ts = list(module.buffers()) if buffers_only else list(module.parameters()) + list(module.buffers())
     for t in ts: dist.broadcast(t.data, src)
 
-# %% ../nbs/08_distributed.ipynb #37b47a45
+# %% ../nbs/08_distributed.ipynb #c13c3a1f
 class DistributedStep(StepStrategy):
     "Any step strategy on this process's shard, then gradients averaged across processes (weights synced on the first step)."
     def __init__(self, inner:Optional[StepStrategy]=None # the strategy that computes this process's gradients (default: PlainStep)
@@ -140,16 +147,10 @@ class DistributedStep(StepStrategy):
         modules = [model] + ([loss] if isinstance(loss, torch.nn.Module) else [])
         if not self._synced:
             for m in modules: broadcast_state(m)
-            self._synced = True
         out = self.inner(model, batch, loss)
-        params = [p for p in _params(modules) if p.requires_grad]
-        have = torch.tensor([sum(p.grad is not None for p in params)], device=params[0].device)
-        counts = [torch.zeros_like(have) for _ in range(dist.get_world_size())]
-        dist.all_gather(counts, have)
-        if len({int(c) for c in counts}) > 1:
-            raise CLIPFinetuningError(f"processes disagree on how many parameters have gradients {[int(c) for c in counts]}: "
-                                      "every process must run the same model and loss")
-        _flat_all_reduce_mean([p.grad for p in params if p.grad is not None])
+        grads = [p.grad for p in _params(modules) if p.requires_grad and p.grad is not None]
+        if not self._synced: _check_same_count(len(grads)); self._synced = True  # the same parameters on every process, checked once
+        _flat_all_reduce_mean(grads)
         for m in modules: broadcast_state(m, buffers_only=True)
         return out
 
