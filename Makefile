@@ -46,3 +46,33 @@ check-sync: install
 
 clean:
 	rm -rf $(VENV) _proc _docs
+
+## The docs site in _docs/, offline and without Quarto: nbdev_proc_nbs, then Sphinx + MyST-NB (saved outputs only).
+## With Quarto installed, nbdev_docs still builds nbdev's standard site from nbs/_quarto.yml.
+.PHONY: docs docs-deps docs-serve test-docs clean-docs
+docs: install
+	$(BIN)/python nbs/_sphinx/build_docs.py
+
+## Debian's chromium for tests/test_docs.py (apt-get; CI runs as root). Never fatal: the test says what is missing.
+docs-deps:
+	@if [ -x /usr/bin/chromium ] || [ -n "$$CHROMIUM" ]; then exit 0; fi; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	echo "docs-deps: installing Debian's chromium for the docs browser test"; \
+	($$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null) \
+	  || echo "docs-deps: could not install chromium; tests/test_docs.py will fail until it is installed (or CHROMIUM=/path/to/chromium)"
+
+## Serve the built site on http://127.0.0.1:8000 (Ctrl-C stops it).
+docs-serve:
+	@test -f _docs/index.html || $(MAKE) --no-print-directory docs
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory _docs 8000
+
+## The site in headless Chromium: every page, the sidebar, links, images, search, screenshots (_docs_screenshots/).
+test-docs: docs docs-deps
+	$(BIN)/pytest tests/test_docs.py -q
+
+# make test's pytest run includes tests/test_docs.py (which builds the site when absent): bring in Chromium first.
+test-py: docs-deps
+
+## Remove the docs build: nbdev's _proc/, the site, its intermediate notebooks and the test's screenshots.
+clean-docs:
+	rm -rf _proc _docs _docs_build _docs_screenshots

@@ -5,7 +5,6 @@
 # %% ../nbs/11_cli.ipynb #333be63d
 from __future__ import annotations
 import argparse, contextlib, importlib.metadata, importlib.util, json, os, platform, sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,9 +13,9 @@ import yaml
 from .core import CLIPFinetuningError, device_report
 
 # %% auto #0
-__all__ = ['CORE_PACKAGES', 'OPTIONAL_PACKAGES', 'DEMO_TARGETS', 'DEMO_RUNS', 'DEMO_EXPLICIT', 'environment_info', 'cmd_info',
-           'cmd_data_check', 'load_config', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'demo_rows', 'demo_targets',
-           'plot_demo', 'demo_config', 'cmd_demo', 'export_summary', 'cmd_export', 'cmd_serve', 'build_parser', 'main']
+__all__ = ['CORE_PACKAGES', 'OPTIONAL_PACKAGES', 'DEMO_TARGETS', 'DEMO_SPLITS', 'environment_info', 'cmd_info', 'cmd_data_check',
+           'load_config', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'demo_rows', 'demo_targets', 'plot_demo',
+           'demo_config', 'cmd_demo', 'export_summary', 'cmd_export', 'cmd_serve', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #c1b01ae3
 CORE_PACKAGES = ('torch', 'transformers', 'kornia', 'pillow', 'safetensors', 'fastapi', 'uvicorn')
@@ -58,24 +57,29 @@ def cmd_data_check(args) -> int:
     return 0 if report.ok else 1
 
 # %% ../nbs/11_cli.ipynb #5523840c
-def load_config(path=None, overrides:Sequence[str]=()) -> tuple:
-    "The config from a file (or the defaults) with `key=value` overrides; and the fields set explicitly."
+def load_config(path=None, overrides:Sequence[str]=()) -> 'CLIPFinetuningConfig':
+    "The config from a file (or the defaults) with `key=value` overrides."
     from clip_workbench.core import CLIPFinetuningConfig
     cfg = CLIPFinetuningConfig.from_file(path) if path else CLIPFinetuningConfig()
-    explicit = list(yaml.safe_load(Path(path).read_text()) or {}) if path else []
-    explicit += [o.split('=', 1)[0].strip() for o in overrides]
-    return cfg.override(*overrides), explicit
+    return cfg.override(*overrides)
 
 def cmd_train(args) -> int:
-    "Fine-tune from a config, then evaluate on the test split; print the summary."
+    "Fine-tune from a config, then evaluate on the test split; print the recipe and the summary (only the recipe with --dry-run)."
+    cfg = load_config(args.config, args.set or [])
+    if args.dry_run:
+        from clip_workbench.recipes import resolve_recipe
+        from clip_workbench.train import config_splits
+        train, val, _ = config_splits(cfg)
+        print(resolve_recipe(cfg, cfg.model_name, train, val).table())
+        return 0
     from clip_workbench.train import CLIPFinetuningController
-    cfg, explicit = load_config(args.config, args.set or [])
-    ctl = CLIPFinetuningController(cfg, explicit=explicit)
+    ctl = CLIPFinetuningController(cfg)
     summary = ctl.fine_tune(resume=args.resume)
     if not ctl.dist.is_main: return 0  # the first process evaluates and reports
     res = ctl.evaluate_on_domain(out_dir=Path(summary['output_dir'])/'eval')
     summary['test'] = {k: v for k, v in res.get('zero_shot', {}).items() if k in ('accuracy', 'balanced_accuracy')}
     print(json.dumps(summary, indent=2))
+    for w in summary['warnings']: print(f"clip-workbench train: warning: {w}", file=sys.stderr)
     return 0
 
 # %% ../nbs/11_cli.ipynb #15ec49a4
@@ -121,7 +125,7 @@ def cmd_predict(args) -> int:
 
 # %% ../nbs/11_cli.ipynb #34724b69
 DEMO_TARGETS = {'3-class accuracy': 0.98, 'binary accuracy (nominal vs defect)': 0.99}
-DEMO_RUNS = {'full': dict(epochs=5, eval_every=1), 'few-shot': dict(epochs=60, eval_every=10)}  # eval_every: epochs between evaluations
+DEMO_SPLITS = ('full', 'few-shot')
 
 def _demo_metrics(r:dict) -> dict:
     "The demo's metrics of one evaluation result."
@@ -173,14 +177,12 @@ def plot_demo(rows:list, # `demo_rows`
     return fig
 
 # %% ../nbs/11_cli.ipynb #ef70d382
-DEMO_EXPLICIT = ['num_epochs', 'learning_rate', 'loss']  # the demo's fields kept over the industrial preset's
-
 def demo_config(args, # the demo's command-line arguments (`build_parser().parse_args(['demo'])` for its defaults)
-                epochs:int, output_dir) -> 'CLIPFinetuningConfig':
-    "The demo's fine-tuning config: the default model, industrial domain, class-prompt loss, text tower locked."
+                output_dir) -> 'CLIPFinetuningConfig':
+    "The demo's config: the offline default model and the industrial domain; the rest is the recipe's unless the command line sets it."
     from clip_workbench.core import CLIPFinetuningConfig
-    return CLIPFinetuningConfig(model_name='default', domain='industrial', loss='class_prompt', num_epochs=epochs, batch_size=args.batch_size,
-                                learning_rate=args.lr, warmup_steps=10, lock_tower='text', device=args.device, mixed_precision=args.precision,
+    return CLIPFinetuningConfig(model_name='default', domain='industrial', num_epochs=args.epochs, batch_size=args.batch_size,
+                                learning_rate=args.lr, device=args.device, mixed_precision=args.precision,
                                 output_dir=str(output_dir), logging_steps=5, seed=args.seed)
 
 def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
@@ -188,13 +190,10 @@ def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
     import time
     from clip_workbench.data import textile_records
     from clip_workbench.train import CLIPFinetuningController
-    spec = DEMO_RUNS[split]
-    epochs = args.epochs or spec['epochs']
-    ctl = CLIPFinetuningController(demo_config(args, epochs, out/split), explicit=DEMO_EXPLICIT)
+    ctl = CLIPFinetuningController(demo_config(args, out/split))
     train, val, test = ctl.load_data()
     if split == 'few-shot': train = textile_records('few_shot')
-    if spec['eval_every'] > 1: ctl.config = replace(ctl.config, eval_steps=max(1, len(train) // args.batch_size) * spec['eval_every'])
-    print(f"\n== fine-tuning on the {split} split: {len(train)} training, {len(val)} validation, {len(test)} test images; {epochs} epochs")
+    print(f"\n== fine-tuning on the {split} split: {len(train)} training, {len(val)} validation, {len(test)} test images")
     if 'zero-shot' not in results:
         from clip_workbench.export import snapshot_weights
         results['zero-shot'] = ctl.evaluate_on_domain(test, out_dir=out/'zero_shot')
@@ -227,7 +226,7 @@ def cmd_demo(args) -> int:
     cmd_info(argparse.Namespace(device=args.device, json=False))
     print(validate_records(textile_records(), on_error='skip', source='bundled textile set', warn=False).summary())
     results, extra = {}, dict(training={}, wise_ft=None)
-    for split in (DEMO_RUNS if args.split == 'both' else [args.split]): _demo_run(split, args, out, results, extra)
+    for split in (DEMO_SPLITS if args.split == 'both' else [args.split]): _demo_run(split, args, out, results, extra)
     rows, seconds = demo_rows(results), round(time.time() - t0, 1)
     checks = demo_targets(rows)
     save_json(dict(rows=rows, targets=[dict(run=c, metric=m, value=v, target=t, met=ok) for c, m, v, t, ok in checks],
@@ -335,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--config', help='YAML or JSON config (default: all defaults: the offline model on the bundled textile set)')
     s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config field (repeatable), e.g. --set num_epochs=3')
     s.add_argument('--resume', action='store_true', help='continue from the latest checkpoint in output_dir/checkpoints')
+    s.add_argument('--dry-run', action='store_true', help='print the resolved recipe (each setting with its source) and stop')
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser('evaluate', help='evaluate a model on a data set; write results.json, summary.md and plots')
@@ -360,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--out', default='outputs/demo', help='output folder (default: outputs/demo)')
     s.add_argument('--split', default='both', choices=['both', 'full', 'few-shot'],
                    help='training split: the full one, the few-shot one (50 nominal + 25 local + 25 global), or both (default)')
-    s.add_argument('--epochs', type=int, default=None, help=f"training epochs (default: {DEMO_RUNS['full']['epochs']} on the full split, {DEMO_RUNS['few-shot']['epochs']} on the few-shot one)")
-    s.add_argument('--batch-size', type=int, default=32, help='images per step (default: 32)')
-    s.add_argument('--lr', type=float, default=1e-3, help='peak learning rate (default: 1e-3: the vision tower starts from scratch)')
+    s.add_argument('--epochs', type=int, default=None, help="training epochs (default: the recipe's)")
+    s.add_argument('--batch-size', type=int, default=None, help="images per step (default: the recipe's)")
+    s.add_argument('--lr', type=float, default=None, help="peak learning rate of the projections (default: the recipe's)")
     s.add_argument('--precision', default='auto', help="mixed precision: auto, no, bf16 or fp16 (default: auto)")
     s.add_argument('--no-wise-ft', dest='wise_ft', action='store_false', help='skip the WiSE-FT sweep after the full-split run')
     s.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')

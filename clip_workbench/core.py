@@ -13,8 +13,9 @@ import numpy as np, psutil, torch, yaml
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['MIXED_PRECISION', 'CLIPFinetuningError', 'ConfigError', 'DataError', 'ModelLoadError', 'MemoryConstraintError',
-           'CLIPFinetuningConfig', 'get_device', 'device_report', 'seed_everything']
+__all__ = ['MIXED_PRECISION', 'LOCK_CHOICES', 'BATCHNORM_MODES', 'CLIPFinetuningError', 'ConfigError', 'DataError',
+           'ModelLoadError', 'MemoryConstraintError', 'CLIPFinetuningConfig', 'get_device', 'device_report',
+           'seed_everything']
 
 # %% ../nbs/00_core.ipynb #3c4884af
 class CLIPFinetuningError(Exception):
@@ -33,15 +34,17 @@ class MemoryConstraintError(CLIPFinetuningError, RuntimeError):
     "A step cannot fit in the memory available, even at the smallest batch."
 
 # %% ../nbs/00_core.ipynb #6f40be90
-def _f(default, help:str, check=None, allowed:str=''):
-    "A dataclass field with a help text, an optional check (value -> bool) and a description of what is allowed."
+def _f(default, help:str, check=None, allowed:str='', recipe:bool=False):
+    "A dataclass field with a help text, an optional check (value -> bool), a description of what is allowed, and whether a recipe fills it."
     kw = dict(default_factory=lambda: type(default)(default)) if isinstance(default, (dict, list)) else dict(default=default)
-    return field(metadata=dict(help=help, check=check, allowed=allowed), **kw)
+    return field(metadata=dict(help=help, check=check, allowed=allowed, recipe=recipe), **kw)
 
 _pos = lambda v: v > 0
 _nonneg = lambda v: v >= 0
 _frac = lambda v: 0 <= v < 1
 MIXED_PRECISION = ('auto', 'no', 'bf16', 'fp16')
+LOCK_CHOICES = ('vision', 'text', 'both', 'none')
+BATCHNORM_MODES = ('frozen', 'train', 'precise')
 
 # %% ../nbs/00_core.ipynb #dd9dc501
 @dataclass
@@ -49,9 +52,12 @@ class CLIPFinetuningConfig:
     "Every setting of a fine-tuning run; validated on construction."
     model_name: str = _f('default', 'Hugging Face name, local folder, "default" (offline) or "tiny" (tests)', lambda v: bool(v.strip()), 'a non-empty string')
     domain: str = _f('general', 'domain preset: general, medical, industrial, scientific or a registered custom one', lambda v: bool(v.strip()), 'a non-empty string')
-    learning_rate: float = _f(5e-5, 'peak learning rate of AdamW', _pos, 'a number > 0')
-    batch_size: Optional[int] = _f(None, 'samples per optimizer step; None finds the largest that fits', _pos, 'an integer >= 1, or null for automatic')
-    num_epochs: int = _f(10, 'passes over the training split', _pos, 'an integer >= 1')
+    learning_rate: Optional[float] = _f(None, 'peak learning rate of the projections and the temperature (AdamW)', _pos, 'a number > 0', recipe=True)
+    vision_learning_rate: Optional[float] = _f(None, 'peak learning rate of the vision tower', _pos, 'a number > 0', recipe=True)
+    text_learning_rate: Optional[float] = _f(None, 'peak learning rate of the text tower', _pos, 'a number > 0', recipe=True)
+    batch_size: Optional[Union[int, str]] = _f(None, 'samples per optimizer step; "max": the largest that fits in memory', lambda v: v == 'max' or (type(v) is int and v >= 1),
+                                              'an integer >= 1, "max", or null for the recipe\'s', recipe=True)
+    num_epochs: Optional[int] = _f(None, 'passes over the training split', _pos, 'an integer >= 1', recipe=True)
     max_sequence_length: int = _f(77, 'text tokens kept per caption (capped at the model maximum)', _pos, 'an integer >= 1')
     image_resolution: int = _f(224, 'input side length in pixels', lambda v: 16 <= v <= 4096, 'an integer from 16 to 4096')
     resolution_schedule: Optional[dict] = _f(None, 'progressive resolution {epoch: pixels}, e.g. {0: 128, 2: 224}; None trains at image_resolution',
@@ -66,17 +72,21 @@ class CLIPFinetuningConfig:
     label_column: Optional[str] = _f(None, 'column holding class labels (None: label or class, if present)')
     val_split: float = _f(0.1, 'fraction of records held out for validation', _frac, 'a number in [0, 1)')
     test_split: float = _f(0.1, 'fraction of records held out for testing', _frac, 'a number in [0, 1)')
-    loss: str = _f('clip', 'loss name (see clip_workbench.losses)', lambda v: bool(v.strip()), 'a non-empty string')
+    loss: Optional[str] = _f(None, 'loss name (see clip_workbench.losses)', lambda v: bool(v.strip()), 'a non-empty string', recipe=True)
     loss_kwargs: dict = _f({}, 'extra arguments for the loss')
     temperature: float = _f(0.07, 'initial softmax temperature of the contrastive loss', _pos, 'a number > 0')
-    lock_tower: Optional[str] = _f(None, "freeze a tower while fine-tuning (LiT-style): 'vision', 'text', 'both' or None", lambda v: v in ('vision', 'text', 'both'), "'vision', 'text', 'both' or null")
+    lock_tower: Optional[str] = _f(None, "freeze a tower for the whole run (LiT-style)", lambda v: v in LOCK_CHOICES, ', '.join(map(repr, LOCK_CHOICES)), recipe=True)
+    probe_epochs: Optional[int] = _f(None, 'first epochs with both towers frozen: a linear probe of the projections before fine-tuning (LP-FT)', _nonneg, 'an integer >= 0', recipe=True)
     unlocked_layers: int = _f(0, 'with lock_tower: keep the last N layers of the locked tower trainable', _nonneg, 'an integer >= 0')
-    warmup_steps: int = _f(0, 'linear warmup steps before the schedule', _nonneg, 'an integer >= 0')
+    warmup_steps: Optional[int] = _f(None, 'linear warmup steps before the cosine schedule', _nonneg, 'an integer >= 0', recipe=True)
     weight_decay: float = _f(0.01, 'AdamW weight decay (not applied to biases, norms, logit scale)', _nonneg, 'a number >= 0')
     max_grad_norm: Optional[float] = _f(1.0, 'gradient clipping norm; None disables clipping', _pos, 'a number > 0, or null to disable')
     save_steps: Optional[int] = _f(None, 'checkpoint every N steps; None saves each epoch', _pos, 'an integer >= 1, or null')
-    eval_steps: Optional[int] = _f(None, 'evaluate every N steps; None evaluates each epoch', _pos, 'an integer >= 1, or null')
-    precise_bn_batches: int = _f(20, 'before each evaluation, re-estimate BatchNorm statistics over N training batches (0: off; models without BatchNorm: no effect)', _nonneg, 'an integer >= 0')
+    eval_steps: Optional[Union[int, str]] = _f(None, 'evaluate on the validation split every N steps, or each "epoch"', lambda v: v == 'epoch' or (type(v) is int and v >= 1),
+                                               'an integer >= 1, "epoch", or null for the recipe\'s', recipe=True)
+    batchnorm: Optional[str] = _f(None, "BatchNorm statistics while training: 'frozen' (the pretrained ones), 'train' (batch statistics) or 'precise' (train, re-estimated before each evaluation)",
+                                  lambda v: v in BATCHNORM_MODES, ', '.join(map(repr, BATCHNORM_MODES)), recipe=True)
+    precise_bn_batches: int = _f(20, "with batchnorm 'precise': training batches the statistics are re-estimated over", _pos, 'an integer >= 1')
     logging_steps: int = _f(10, 'log every N steps', _pos, 'an integer >= 1')
     output_dir: str = _f('outputs', 'folder for checkpoints, logs and reports', lambda v: bool(v.strip()), 'a non-empty path')
     seed: int = _f(42, 'seed for Python, NumPy and torch', _nonneg, 'an integer >= 0')
@@ -92,6 +102,8 @@ def _type_ok(value, annotation:str) -> bool:
     "Does `value` match a field annotation written as a string (`from __future__ import annotations`)?"
     if annotation.startswith('Optional['):
         return value is None or _type_ok(value, annotation[9:-1])
+    if annotation.startswith('Union['):
+        return any(_type_ok(value, a.strip()) for a in annotation[6:-1].split(','))
     tp = _TYPES[annotation]
     if tp is int: return isinstance(value, int) and not isinstance(value, bool)
     if tp is float: return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -100,7 +112,9 @@ def _type_ok(value, annotation:str) -> bool:
 # %% ../nbs/00_core.ipynb #a49685e4
 def _describe(f) -> str:
     "What field `f` accepts, for error messages."
-    return f.metadata.get('allowed') or f.type.replace('Optional[', '').rstrip(']') + (' or null' if f.type.startswith('Optional') else '')
+    what = f.metadata.get('allowed') or f.type.replace('Optional[', '').rstrip(']')
+    if f.type.startswith('Optional') and 'null' not in what: what += ", or null for the recipe's" if f.metadata.get('recipe') else ' or null'
+    return what
 
 @patch
 def validate(self:CLIPFinetuningConfig):

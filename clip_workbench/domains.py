@@ -12,11 +12,12 @@ from typing import Optional, Sequence
 import yaml
 from fastcore.basics import patch
 
-from .core import CLIPFinetuningConfig, ConfigError
+from .core import ConfigError
+from .data import AUGMENTATION_PRESETS
+from .losses import list_losses
 
 # %% auto #0
-__all__ = ['DOMAINS', 'DomainPreset', 'normalize_class_name', 'register_domain', 'get_domain', 'load_domain', 'domain_template',
-           'apply_domain']
+__all__ = ['DOMAINS', 'DomainPreset', 'normalize_class_name', 'register_domain', 'get_domain', 'load_domain', 'domain_template']
 
 # %% ../nbs/07_domains.ipynb #6bf90bc9
 @dataclass
@@ -27,9 +28,9 @@ class DomainPreset:
     templates: list = field(default_factory=lambda: ['a photo of a {}.'])  # prompt templates, '{}' = class text
     class_aliases: dict = field(default_factory=dict)  # raw class name -> canonical name (applied after normalisation)
     normal_labels: list = field(default_factory=list)  # class names that mean 'no defect / no finding' (binary metrics)
-    learning_rate: float = 5e-5
-    num_epochs: int = 10
-    loss: str = 'domain'                               # a name of clip_workbench.losses.get_loss
+    learning_rate: Optional[float] = None              # None: the recipe's
+    num_epochs: Optional[int] = None                   # None: the recipe's
+    loss: Optional[str] = None                         # a name of clip_workbench.losses.get_loss; None: the recipe's
     loss_kwargs: dict = field(default_factory=dict)
     augmentation: str = 'default'                      # a preset of clip_workbench.data.make_augmentation, or 'none'
     metrics: list = field(default_factory=lambda: ['zero_shot', 'retrieval'])
@@ -39,8 +40,14 @@ class DomainPreset:
             raise ConfigError(f"domain name {self.name!r}: use lower-case letters, digits, '-' or '_', starting with a letter")
         if not self.templates or any('{}' not in t for t in self.templates):
             raise ConfigError(f"domain {self.name!r}: every template needs a '{{}}' where the class name goes; got {self.templates}")
-        if not (self.learning_rate > 0 and isinstance(self.num_epochs, int) and self.num_epochs >= 1):
-            raise ConfigError(f"domain {self.name!r}: learning_rate must be > 0 and num_epochs an integer >= 1")
+        if self.learning_rate is not None and not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            raise ConfigError(f"domain {self.name!r}: learning_rate must be a number > 0 or null; got {self.learning_rate!r}")
+        if self.num_epochs is not None and not (type(self.num_epochs) is int and self.num_epochs >= 1):
+            raise ConfigError(f"domain {self.name!r}: num_epochs must be an integer >= 1 or null; got {self.num_epochs!r}")
+        if self.loss is not None and self.loss not in list_losses():
+            raise ConfigError(f"domain {self.name!r}: unknown loss {self.loss!r}; known: {', '.join(list_losses())}")
+        if self.augmentation not in (*AUGMENTATION_PRESETS, 'none'):
+            raise ConfigError(f"domain {self.name!r}: unknown augmentation {self.augmentation!r}; known: {', '.join(AUGMENTATION_PRESETS)}, 'none'")
 
 # %% ../nbs/07_domains.ipynb #fd1e380b
 def normalize_class_name(name:str) -> str:
@@ -68,22 +75,24 @@ def register_domain(preset:DomainPreset, overwrite:bool=False) -> DomainPreset:
     return preset
 
 register_domain(DomainPreset('general', 'everyday photographs',
-    templates=['a photo of a {}.', 'a close-up photo of a {}.', 'an image of a {}.'], learning_rate=5e-5, num_epochs=10))
+    templates=['a photo of a {}.', 'a close-up photo of a {}.', 'an image of a {}.']))
 register_domain(DomainPreset('medical', 'radiology, pathology and other clinical images (often grayscale)',
     templates=['a medical image showing {}.', 'a radiograph with {}.', 'a scan with findings of {}.'],
     class_aliases={'normal': 'no finding', 'no findings': 'no finding', 'healthy': 'no finding'}, normal_labels=['no finding'],
-    learning_rate=3e-5, num_epochs=15, augmentation='grayscale', metrics=['zero_shot', 'retrieval', 'few_shot']))
+    augmentation='grayscale', metrics=['zero_shot', 'retrieval', 'few_shot']))
 register_domain(DomainPreset('industrial', 'visual inspection of manufactured parts and materials',
     templates=['a photo of {}.', 'an inspection image of {}.', 'a close-up of {} on a production line.'],
     class_aliases={'ok': 'nominal', 'good': 'nominal', 'normal': 'nominal', 'no defect': 'nominal'},
-    normal_labels=['nominal'], learning_rate=5e-5, num_epochs=12, augmentation='geometric',
+    normal_labels=['nominal'], augmentation='geometric',
     metrics=['zero_shot', 'few_shot']))
 register_domain(DomainPreset('scientific', 'figures, micrographs and instrument images from research',
     templates=['a scientific image of {}.', 'a micrograph of {}.', 'a figure showing {}.'],
-    learning_rate=4e-5, num_epochs=10, augmentation='light', metrics=['zero_shot', 'retrieval']))
+    augmentation='light', metrics=['zero_shot', 'retrieval']))
 
-def get_domain(name:str) -> DomainPreset:
-    "A registered preset by name; the error lists the names there are."
+def get_domain(name:str # a registered name, or the path of a domain YAML file (see `load_domain`)
+              ) -> DomainPreset:
+    "A registered preset by name, or one read from a YAML file; the error lists the names there are."
+    if str(name).endswith(('.yaml', '.yml')): return load_domain(name)
     if name not in DOMAINS: raise ConfigError(f"config field 'domain': unknown domain {name!r}; known: {', '.join(DOMAINS)} (or register one with register_domain / load_domain)")
     return DOMAINS[name]
 
@@ -115,12 +124,3 @@ def domain_template(path) -> Path:
             + yaml.safe_dump(asdict(DomainPreset('my-domain', 'what the images show', templates=['a photo of {}.'])), sort_keys=False))
     Path(path).write_text(text, encoding='utf-8')
     return Path(path)
-
-# %% ../nbs/07_domains.ipynb #eb1447f8
-def apply_domain(cfg:CLIPFinetuningConfig, explicit:Sequence[str]=()) -> CLIPFinetuningConfig:
-    "A copy of `cfg` with the domain's hyperparameters for fields that are at their defaults and not in `explicit`."
-    preset, default = get_domain(cfg.domain), CLIPFinetuningConfig()
-    d = cfg.to_dict()
-    for k in ('learning_rate', 'num_epochs', 'loss', 'loss_kwargs'):
-        if k not in explicit and d[k] == getattr(default, k): d[k] = getattr(preset, k)
-    return CLIPFinetuningConfig.from_dict(d)

@@ -23,13 +23,14 @@ from transformers.utils import is_torchvision_available
 from fastcore.basics import patch
 
 from .core import ConfigError, ModelLoadError, get_device
+from .efficientnet import efficientnet_lite_processor, pretrained_efficientnet_lite
 
 # %% auto #0
 __all__ = ['MODEL_CLASSES', 'SPECIAL_MODELS', 'TOWERS', 'image_features', 'text_features', 'minilm_path', 'minilm_tokenizer',
            'clip_image_processor', 'tiny_clip', 'tiny_siglip', 'DualEncoderConfig', 'feature_dim', 'DualEncoderModel',
-           'ConvNetConfig', 'ConvNetModel', 'default_vision_config', 'default_model', 'model_class', 'load_processor',
-           'load_model', 'save_model', 'tower_modules', 'tower_layers', 'count_parameters', 'lock_tower',
-           'unlock_tower', 'resample_position_grid', 'set_image_size', 'set_resolution']
+           'ConvNetConfig', 'ConvNetModel', 'scratch_vision_config', 'scratch_model', 'default_model', 'model_class',
+           'load_processor', 'load_model', 'save_model', 'tower_modules', 'tower_layers', 'count_parameters',
+           'lock_tower', 'unlock_tower', 'resample_position_grid', 'set_image_size', 'set_resolution']
 
 # %% ../nbs/02_models.ipynb #48894d2d
 def _embedding(out, what:str) -> torch.Tensor:
@@ -338,27 +339,40 @@ AutoConfig.register(ConvNetConfig.model_type, ConvNetConfig, exist_ok=True)
 AutoModel.register(ConvNetConfig, ConvNetModel, exist_ok=True)
 
 # %% ../nbs/02_models.ipynb #4e7928e4
-def default_vision_config(image_size:int=224, # the resolution it is trained at
+def scratch_vision_config(image_size:int=224, # the resolution it is trained at
                           hidden_sizes:tuple=(32, 64, 128, 256), # width of each stage
                           stem_stride:int=2, # 1: first convolution at full resolution (about 6x slower, learns faster)
                           **kwargs # further ConvNetConfig fields (convs_per_stage, norm, ...)
                          ) -> ConvNetConfig:
-    "The default vision tower: a plain 4-stage ConvNet for training from scratch at 224 px."
+    "The from-scratch vision tower: a plain 4-stage ConvNet for training at 224 px."
     return ConvNetConfig(image_size=image_size, hidden_sizes=list(hidden_sizes), stem_stride=stem_stride, **kwargs)
 
-def default_model(image_size:int=224, # input side in pixels
+def scratch_model(image_size:int=224, # input side in pixels
                   projection_dim:int=256, # width of the shared embedding space
                   seed:int=0, # seed of the vision tower and projections
-                  vision_config:Optional[PretrainedConfig]=None, # another vision backbone (default: `default_vision_config`)
+                  vision_config:Optional[PretrainedConfig]=None, # another vision backbone (default: `scratch_vision_config`)
                   max_length:int=77, # text tokens kept per caption
                   vision_pooling:str='max' # strongest response per channel anywhere ('pooler': the backbone's global average)
                  ) -> tuple:
-    "The offline default: pretrained MiniLM text tower + plain ConvNet vision tower; model and processor."
+    "Pretrained MiniLM text tower + a ConvNet vision tower trained from scratch; model and processor."
     text_model = AutoModel.from_pretrained(minilm_path())
     with _seeded(seed):
-        model = DualEncoderModel.from_towers(vision_config or default_vision_config(image_size), text_model,
+        model = DualEncoderModel.from_towers(vision_config or scratch_vision_config(image_size), text_model,
                                              projection_dim=projection_dim, vision_pooling=vision_pooling)
     processor = VisionTextDualEncoderProcessor(image_processor=clip_image_processor(image_size), tokenizer=minilm_tokenizer(max_length))
+    return model.eval(), processor
+
+# %% ../nbs/02_models.ipynb #df1dbc4f
+def default_model(image_size:int=224, # input side in pixels
+                  projection_dim:int=256, # width of the shared embedding space
+                  seed:int=0, # seed of the projections
+                  max_length:int=77, # text tokens kept per caption
+                  variant:str='lite0' # EfficientNet-Lite variant (its weights package must be installed)
+                 ) -> tuple:
+    "The offline default: ImageNet-pretrained EfficientNet-Lite image tower + pretrained MiniLM text tower; model and processor."
+    vision, text = pretrained_efficientnet_lite(variant, image_size), AutoModel.from_pretrained(minilm_path())
+    with _seeded(seed): model = DualEncoderModel.from_towers(vision, text, projection_dim=projection_dim, vision_pooling='pooler')
+    processor = VisionTextDualEncoderProcessor(image_processor=efficientnet_lite_processor(image_size), tokenizer=minilm_tokenizer(max_length))
     return model.eval(), processor
 
 # %% ../nbs/02_models.ipynb #2f65d342
@@ -459,14 +473,14 @@ def _load_pretrained(name:str, dtype, local_files_only, **kwargs) -> tuple:
     return model, load_processor(src, local_files_only=offline, **hub)
 
 # %% ../nbs/02_models.ipynb #9df71748
-SPECIAL_MODELS = {'tiny': tiny_clip, 'default': default_model}
+SPECIAL_MODELS = {'tiny': tiny_clip, 'default': default_model, 'scratch': scratch_model}
 
-def load_model(name_or_path:Union[str, Path], # Hugging Face name, local folder, "default" or "tiny"
+def load_model(name_or_path:Union[str, Path], # Hugging Face name, local folder, "default", "scratch" or "tiny"
                device:Union[str, torch.device, None]=None, # None: get_device('auto')
                dtype:Union[str, torch.dtype, None]=None, # e.g. torch.bfloat16 or 'bf16'; None keeps the stored dtype
                local_files_only:Optional[bool]=None, # never download (also implied by HF_HUB_OFFLINE=1)
                **kwargs) -> tuple:
-    "A CLIP-style model and its processor, by Hub name, local folder, 'default' (offline) or 'tiny' (tests)."
+    "A CLIP-style model and its processor, by Hub name, local folder, 'default' (offline, pretrained towers), 'scratch' or 'tiny' (tests)."
     name = str(name_or_path)
     if name in SPECIAL_MODELS: model, processor = SPECIAL_MODELS[name](**kwargs)
     else: model, processor = _load_pretrained(name, dtype, local_files_only, **kwargs)
@@ -510,9 +524,9 @@ def tower_modules(model, tower:str) -> tuple:
     return enc, getattr(model, proj_name, None)
 
 def tower_layers(encoder:nn.Module) -> nn.ModuleList:
-    "The repeated blocks of a backbone: its outermost `layers`/`layer`/`stages`/`blocks` list."
+    "The repeated blocks of a backbone: its outermost `layers`/`layer`/`stages`/`blocks`/`_blocks` list."
     found = [(n.count('.'), n, m) for n, m in encoder.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) and n.split('.')[-1] in ('layers', 'layer', 'stages', 'blocks')]
+             if isinstance(m, nn.ModuleList) and len(m) and n.split('.')[-1] in ('layers', 'layer', 'stages', 'blocks', '_blocks')]
     if not found: raise ConfigError(f"{type(encoder).__name__}: no list of layers or stages found; lock the whole tower (unlocked_layers=0)")
     return min(found, key=lambda t: t[0])[2]
 

@@ -4,7 +4,8 @@
 
 # %% ../nbs/05_train.ipynb #8ea2626f
 from __future__ import annotations
-import csv, itertools, json, math, os, random, time
+import csv, itertools, json, math, os, random, sys, time
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -16,11 +17,12 @@ from .core import CLIPFinetuningConfig, CLIPFinetuningError, ConfigError, get_de
 from .memory import _model_device, _to_device
 
 # %% auto #0
-__all__ = ['EVENTS', 'CancelFit', 'Callback', 'tower_of', 'param_groups', 'lr_factor', 'Trainer', 'eval_frozen', 'compile_blocks',
-           'atomic_save', 'latest_checkpoint', 'CheckpointCallback', 'EvalCallback', 'BestModelCallback',
-           'EarlyStopping', 'recompute_batchnorm', 'PreciseBatchNorm', 'ProgressCallback', 'LogCallback',
-           'TensorBoardCallback', 'plot_history', 'parse_resolution_schedule', 'ResolutionSchedule',
-           'CLIPFinetuningController']
+__all__ = ['EVENTS', 'CancelFit', 'Callback', 'tower_of', 'param_groups', 'lr_factor', 'Trainer', 'eval_frozen',
+           'freeze_batchnorm', 'compile_blocks', 'atomic_save', 'latest_checkpoint', 'CheckpointCallback',
+           'EvalCallback', 'BestModelCallback', 'EarlyStopping', 'recompute_batchnorm', 'PreciseBatchNorm',
+           'LinearProbe', 'ProgressCallback', 'LogCallback', 'TensorBoardCallback', 'plot_history',
+           'parse_resolution_schedule', 'ResolutionSchedule', 'CLIPFinetuningController', 'config_splits',
+           'run_warnings']
 
 # %% ../nbs/05_train.ipynb #9bd9d279
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
@@ -37,9 +39,10 @@ class Callback:
 
 # %% ../nbs/05_train.ipynb #62269aeb
 def tower_of(name:str) -> str:
-    "Which tower a parameter belongs to: 'vision', 'text' or 'head' (projections' scale and bias)."
+    "Which part a parameter belongs to: 'vision', 'text' or 'head' (the projections, the logit scale and bias)."
     first = name.split('.')[0]
-    if first.startswith(('vision', 'visual', 'image')): return 'vision'
+    if first.endswith('projection'): return 'head'
+    if first.startswith(('vision', 'image')): return 'vision'
     if first.startswith('text'): return 'text'
     return 'head'
 
@@ -88,12 +91,14 @@ class Trainer:
                  callbacks:Sequence[Callback]=(),
                  seed:int=42,
                  optimizer:Optional[torch.optim.Optimizer]=None, # default: AdamW over `param_groups`
-                 compile:bool=False):            # compile each tower's blocks with torch.compile (see compile_blocks)
+                 compile:bool=False,             # compile each tower's blocks with torch.compile (see compile_blocks)
+                 batchnorm:str='train'):         # 'train': BatchNorm uses batch statistics; 'frozen': its running ones
         from clip_workbench.memory import PlainStep, Precision
         self.device = device if isinstance(device, torch.device) else get_device(device) if device else _model_device(model)
         self.model, self.loss, self.train_dl = model.to(self.device), loss.to(self.device), train_dl
         if compile: compile_blocks(self.model)
-        self.num_epochs, self.max_grad_norm, self.seed = num_epochs, max_grad_norm, seed
+        if batchnorm not in ('train', 'frozen'): raise ConfigError(f"Trainer(batchnorm={batchnorm!r}); allowed: 'train' or 'frozen'")
+        self.num_epochs, self.max_grad_norm, self.seed, self.batchnorm = num_epochs, max_grad_norm, seed, batchnorm
         self.strategy = step if step is not None else PlainStep(Precision(precision, self.device))
         self.precision = self.strategy.precision
         self.opt = optimizer or torch.optim.AdamW(param_groups(model, lr, weight_decay, tower_lr, extra=[loss]), lr=lr,
@@ -120,10 +125,17 @@ def eval_frozen(module:torch.nn.Module) -> torch.nn.Module:
         else: eval_frozen(child)
     return module
 
+def freeze_batchnorm(module:torch.nn.Module) -> torch.nn.Module:
+    "Put every BatchNorm layer in eval mode: it normalises with its running statistics and stops updating them (its scale and shift still train)."
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm): m.eval()
+    return module
+
 @patch
 def train_step(self:Trainer, batch:dict) -> dict:
     "Gradients for `batch` from the step strategy, then one optimiser step; return the loss terms."
     eval_frozen(self.model.train()); self.loss.train()
+    if self.batchnorm == 'frozen': freeze_batchnorm(self.model)
     terms = dict(self.strategy(self.model, _to_device(batch, self.device), self.loss), lr=self.opt.param_groups[0]['lr'])
     self.precision.unscale_(self.opt)
     if self.max_grad_norm:
@@ -209,10 +221,17 @@ def atomic_save(obj, path) -> Path:
     return path
 
 # %% ../nbs/05_train.ipynb #34e1e02a
+def _optimized_names(t:Trainer) -> set:
+    "Names of the model parameters the optimizer trains."
+    ids = {id(p) for g in t.opt.param_groups for p in g['params']}
+    return {n for n, p in t.model.named_parameters() if id(p) in ids}
+
 @patch
 def state_dict(self:Trainer) -> dict:
-    "Everything needed to resume this run exactly."
-    return dict(model=self.model.state_dict(), loss=self.loss.state_dict(), optimizer=self.opt.state_dict(),
+    "Everything needed to resume this run exactly (locked weights excepted: the model they came from still holds them)."
+    trained, params = _optimized_names(self), {n for n, _ in self.model.named_parameters()}
+    model = {k: v for k, v in self.model.state_dict().items() if k in trained or k not in params}  # trained weights and every buffer
+    return dict(model=model, loss=self.loss.state_dict(), optimizer=self.opt.state_dict(),
                 scheduler=self.sched.state_dict(), precision=self.precision.state_dict(), rng=_rng_state(),
                 position=dict(epoch=self.epoch, step=self.step, batch_in_epoch=self.batch_in_epoch, n_skipped_steps=self.n_skipped_steps,
                               resolution=self.resolution),
@@ -240,7 +259,10 @@ def load_checkpoint(self:Trainer, path):
     if (size := s['position'].get('resolution')) and size != self.resolution:  # saved mid-schedule: resize before loading
         from clip_workbench.models import set_resolution
         set_resolution(self.model, None, size); self.resolution = size
-    self.model.load_state_dict(s['model']); self.loss.load_state_dict(s['loss'])
+    missing = set(self.model.load_state_dict(s['model'], strict=False).missing_keys)  # unexpected keys raise
+    if missing & _optimized_names(self):
+        raise CLIPFinetuningError(f"checkpoint {p} lacks trained weights {sorted(missing & _optimized_names(self))[:3]}...: it is from a run that locked other parameters")
+    self.loss.load_state_dict(s['loss'])
     self.opt.load_state_dict(s['optimizer']); self.sched.load_state_dict(s['scheduler']); self.precision.load_state_dict(s['precision'])
     if hasattr(self.strategy, 'load_state_dict'): self.strategy.load_state_dict(s.get('strategy', {}))
     pos = s['position']
@@ -381,6 +403,27 @@ class PreciseBatchNorm(Callback):
     def after_fit(self, t):
         if t.epoch >= t.num_epochs and self.done_at != t.step: self.update(t)  # a finished run ends with fresh statistics
 
+# %% ../nbs/05_train.ipynb #154e8c2c
+class LinearProbe(Callback):
+    "Freeze both towers (not the projections or the temperature) for the first `epochs` epochs: a linear probe before fine-tuning."
+    order = 5  # before anything that runs a training batch
+    def __init__(self, epochs:int # epochs with the towers frozen
+                ):
+        self.epochs, self.frozen = epochs, []
+
+    def _towers(self, t) -> list:
+        return [p for name in ('vision_model', 'text_model') for p in getattr(t.model, name).parameters()]
+
+    def before_epoch(self, t):
+        if t.epoch < self.epochs and not self.frozen:
+            self.frozen = [p for p in self._towers(t) if p.requires_grad]
+            for p in self.frozen: p.requires_grad_(False)
+        elif t.epoch >= self.epochs: self.after_fit(t)
+
+    def after_fit(self, t):
+        for p in self.frozen: p.requires_grad_(True)
+        self.frozen = []
+
 # %% ../nbs/05_train.ipynb #1b935794
 class ProgressCallback(Callback):
     "A progress bar over all steps of the run, showing loss, learning rate and the last metrics."
@@ -482,40 +525,34 @@ class ResolutionSchedule(Callback):
 # %% ../nbs/05_train.ipynb #21a92463
 class CLIPFinetuningController:
     "Fine-tune and evaluate a CLIP-style model on a domain, from one config."
-    def __init__(self, config:CLIPFinetuningConfig, # the run's settings
-                 explicit:Sequence[str]=(), # fields the user set explicitly (kept over the domain's defaults)
+    def __init__(self, config:CLIPFinetuningConfig, # the run's settings as the user wrote them (null fields: the recipe's)
                  model=None, processor=None, # an already loaded model and processor (default: load config.model_name)
                  descriptions:Optional[dict]=None, # class name -> text for the prompts (default: the textile set's when `data_path` is None, else the domain's class names)
-                 progress:bool=True # show a progress bar while training
+                 progress:bool=True # show the recipe and a progress bar while training
                 ):
         from clip_workbench.distributed import init_distributed
-        from clip_workbench.domains import apply_domain, get_domain
-        self.config = apply_domain(config, explicit)
-        self.domain, self.progress = get_domain(self.config.domain), progress
-        if descriptions is None and self.config.data_path is None:  # the bundled textile set: its class descriptions, whatever is called first
+        from clip_workbench.domains import get_domain
+        self.config = self.user_config = config
+        self.domain, self.progress, self.recipe = get_domain(config.domain), progress, None
+        if descriptions is None and config.data_path is None:  # the bundled textile set: its class descriptions, whatever is called first
             from clip_workbench.data import TEXTILE_DESCRIPTIONS
             descriptions = dict(TEXTILE_DESCRIPTIONS)
         self.descriptions = descriptions
-        self.dist = init_distributed(self.config.device)  # one process, unless started by torchrun
-        seed_everything(self.config.seed)
+        self.dist = init_distributed(config.device)  # one process, unless started by torchrun
+        seed_everything(config.seed)
         self.device = self.dist.device
-        self.output_dir = Path(self.config.output_dir)
+        self.output_dir = Path(config.output_dir)
         if model is None:
-            from clip_workbench.models import load_model
-            kw = dict(image_size=self.config.image_resolution) if self.config.model_name in ('default', 'tiny') else {}
-            model, processor = load_model(self.config.model_name, device=self.device, **kw)
+            from clip_workbench.models import SPECIAL_MODELS, load_model
+            kw = dict(image_size=config.image_resolution) if config.model_name in SPECIAL_MODELS else {}
+            model, processor = load_model(config.model_name, device=self.device, **kw)
         self.model, self.processor, self.trainer = model.to(self.device), processor, None
-        if self.config.lock_tower:
-            from clip_workbench.models import lock_tower
-            lock_tower(self.model, self.config.lock_tower, self.config.unlocked_layers, lock_projection=False)
-        if self.dist.distributed: seed_everything(self.config.seed + self.dist.rank)  # the weights are synced; dropout differs per process
+        if self.dist.distributed: seed_everything(config.seed + self.dist.rank)  # the weights are synced; dropout differs per process
 
 # %% ../nbs/05_train.ipynb #0c6fd91e
-@patch
-def load_data(self:CLIPFinetuningController):
-    "Train, validation and test records from the config."
+def config_splits(cfg:CLIPFinetuningConfig) -> tuple:
+    "Train, validation and test records from a config's data fields (validated; bad records skipped and reported)."
     from clip_workbench.data import load_records, split_records, textile_records, validate_records
-    cfg = self.config
     if cfg.data_path is None:
         train, test = textile_records('train'), textile_records('test')  # the protocol's fixed test set, whatever the run's seed
         train, val, _ = split_records(train, val=cfg.val_split, test=0.0, seed=cfg.seed)
@@ -523,6 +560,19 @@ def load_data(self:CLIPFinetuningController):
     cols = {k: getattr(cfg, k) for k in ('image_column', 'caption_column', 'label_column') if getattr(cfg, k)}
     records = validate_records(load_records(cfg.data_path, **cols), on_error='skip', source=cfg.data_path).records
     return tuple(split_records(records, val=cfg.val_split, test=cfg.test_split, seed=cfg.seed))
+
+@patch
+def load_data(self:CLIPFinetuningController):
+    "Train, validation and test records from the config (see `config_splits`)."
+    return config_splits(self.config)
+
+@patch
+def resolve(self:CLIPFinetuningController, train, val=()) -> 'Recipe':
+    "Resolve the run's recipe from the user's config, the model and these records; it becomes `self.config`."
+    from clip_workbench.recipes import resolve_recipe
+    self.recipe = resolve_recipe(self.user_config, self.model, train, val)
+    self.config = self.recipe.config
+    return self.recipe
 
 @patch
 def class_prompts(self:CLIPFinetuningController, records) -> list:
@@ -539,13 +589,15 @@ def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_na
     from clip_workbench.distributed import DistributedStep, distributed_loader, loss_kwargs, min_over_processes
     from clip_workbench.losses import loss_from_config
     from clip_workbench.memory import MemoryManager
+    from clip_workbench.models import lock_tower
     cfg, dom, info = self.config, self.domain, self.dist
+    if cfg.lock_tower != 'none': lock_tower(self.model, cfg.lock_tower, cfg.unlocked_layers, lock_projection=False)
     ds = ImageTextDataset(self.class_prompts(train), self.processor, augment=make_augmentation(dom.augmentation),
                           max_length=cfg.max_sequence_length, class_names=class_names, seed=cfg.seed, on_error='skip')
     self.class_names = ds.class_names
     loss = loss_from_config(cfg, **loss_kwargs(info)).to(self.device)
     mm = MemoryManager.from_config(cfg)
-    if cfg.batch_size: bs = cfg.batch_size
+    if cfg.batch_size != 'max': bs = min(cfg.batch_size, len(ds))
     else:  # per process, with a loss of its own (trial steps must not wait for the other processes), the smallest of all
         per = mm.find_batch_size(self.model, loss_from_config(cfg).to(self.device), max_batch_size=256).batch_size
         bs = info.world_size * min(min_over_processes(per, info), len(ds) // info.world_size)
@@ -554,15 +606,17 @@ def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_na
     step = mm.step_strategy(batch_size=bs // info.world_size, micro_batches=cfg.gradient_accumulation_steps)
     if info.distributed: step = DistributedStep(step)
     eval_fn = (lambda model: self._val_metrics(val)) if val and info.is_main else None
-    cbs = []
+    every = None if cfg.eval_steps == 'epoch' else cfg.eval_steps
+    cbs = [LinearProbe(cfg.probe_epochs)] if cfg.probe_epochs else []
     if info.is_main:  # one process writes and evaluates
         cbs += [LogCallback(out, cfg.logging_steps), CheckpointCallback(out/'checkpoints', cfg.save_steps)] + ([ProgressCallback()] if self.progress else [])
-        if eval_fn: cbs += [EvalCallback(eval_fn, cfg.eval_steps), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
+        if eval_fn: cbs += [EvalCallback(eval_fn, every), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
     if cfg.resolution_schedule: cbs.append(ResolutionSchedule(cfg.resolution_schedule, self.processor))  # every process
-    if info.is_main and cfg.precise_bn_batches and _trainable_batchnorms(self.model): cbs.append(PreciseBatchNorm(cfg.precise_bn_batches, cfg.eval_steps))
-    return Trainer(self.model, loss, dl, num_epochs=cfg.num_epochs, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+    if info.is_main and cfg.batchnorm == 'precise' and _trainable_batchnorms(self.model): cbs.append(PreciseBatchNorm(cfg.precise_bn_batches, every))
+    tower_lr = {t: getattr(cfg, f'{t}_learning_rate') for t in ('vision', 'text') if getattr(cfg, f'{t}_learning_rate')}
+    return Trainer(self.model, loss, dl, num_epochs=cfg.num_epochs, lr=cfg.learning_rate, tower_lr=tower_lr, weight_decay=cfg.weight_decay,
                    warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm, step=step, device=self.device,
-                   callbacks=cbs, seed=cfg.seed)
+                   callbacks=cbs, seed=cfg.seed, batchnorm='frozen' if cfg.batchnorm == 'frozen' else 'train')
 
 @patch
 def _val_metrics(self:CLIPFinetuningController, records) -> dict:
@@ -576,6 +630,25 @@ def _val_metrics(self:CLIPFinetuningController, records) -> dict:
 def _descriptions(self:CLIPFinetuningController) -> dict:
     return {c: (self.descriptions or {}).get(c) or self.domain.canonical_class(c) for c in self.class_names}
 
+# %% ../nbs/05_train.ipynb #819a836c
+def run_warnings(best:Optional[float], # best validation accuracy of the run (None: no validation)
+                 start:Optional[float], # validation accuracy of the starting model
+                 val:Sequence, # the validation records
+                 margin:float=0.01 # how much better than a baseline counts as better
+                ) -> list:
+    "Plain-words warnings when a run ends no better than guessing the majority class or than where it started."
+    if best is None: return []
+    out, labels = [], [r.label for r in val if r.label]
+    if labels:
+        (cls, n), = Counter(labels).most_common(1)
+        if best <= n / len(labels) + margin:
+            out.append(f"best validation accuracy {best:.3f} is no better than always answering the majority class {cls!r} ({n / len(labels):.3f})")
+    if start is not None and best <= start + margin:
+        out.append(f"best validation accuracy {best:.3f} is no better than the starting model's {start:.3f}")
+    if out: out.append("what to try: more epochs (num_epochs), another learning_rate / vision_learning_rate, lock_tower: none, "
+                       "batchnorm: train; check the labels with `clip-workbench data check`; or start from a pretrained CLIP (model_name)")
+    return out
+
 # %% ../nbs/05_train.ipynb #42b7070c
 @patch
 def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training records (default: from the config)
@@ -587,10 +660,15 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
     from clip_workbench.distributed import barrier
     from clip_workbench.models import save_model
     out, main = Path(output_path or self.config.output_dir), self.dist.is_main
-    out.mkdir(parents=True, exist_ok=True)
-    if main: self.config.save(out/'config.yaml')
     if train_dataset is None: train_dataset, val_dataset, self.test_records = self.load_data()
-    self.trainer = t = self._build_trainer(list(train_dataset), list(val_dataset or []), out)
+    train, val = list(train_dataset), list(val_dataset or [])
+    recipe = self.resolve(train, val)
+    out.mkdir(parents=True, exist_ok=True)
+    if main:
+        self.config.save(out/'config.yaml'); recipe.save(out)
+        if self.progress: print(recipe.table() + '\n', file=sys.stderr)  # beside the progress bar; stdout stays for results
+    self.trainer = t = self._build_trainer(train, val, out)
+    start = self._val_metrics(val) if val and main and not resume else None
     t.fit(resume_from=latest_checkpoint(out/'checkpoints') if resume else None)
     if main: save_model(self.model, self.processor, out/'final')
     if main and t.history:
@@ -598,10 +676,12 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
         fig = plot_history(t.history); fig.savefig(out/'history.png', dpi=100); plt.close(fig)
     barrier(self.dist)
     best = next((c for c in t.callbacks if isinstance(c, BestModelCallback)), None)
+    best_acc = best.best if best else None
     return dict(output_dir=str(out), steps=t.step, epochs=t.epoch, batch_size=t.train_dl.batch_size * self.dist.world_size,
                 processes=self.dist.world_size, skipped_steps=t.n_skipped_steps,
                 final_loss=t.history[-1]['loss'] if t.history else None,
-                best_val_accuracy=best.best if best else None, best_step=best.best_step if best else None)
+                start_val_accuracy=start['accuracy'] if start else None, best_val_accuracy=best_acc, best_step=best.best_step if best else None,
+                warnings=run_warnings(best_acc, start['accuracy'] if start else None, val))
 
 @patch
 def evaluate_on_domain(self:CLIPFinetuningController, test_dataset=None, # test records (default: the config's test split)
