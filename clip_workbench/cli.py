@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_cli.ipynb #333be63d
 from __future__ import annotations
-import argparse, contextlib, importlib.metadata, importlib.util, json, os, platform, sys
+import argparse, contextlib, importlib.metadata, importlib.util, json, os, platform, shutil, sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -202,6 +202,7 @@ def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
     summary = ctl.fine_tune(train, val, out/split)
     results[f'fine-tuned ({split})'] = ctl.evaluate_on_domain(test, out_dir=out/split/'fine_tuned')
     extra['training'][split] = dict(summary, seconds=round(time.time() - t0, 1), train_images=len(train))
+    if not args.keep_checkpoints: shutil.rmtree(out/split/'checkpoints', ignore_errors=True)  # a finished demo run needs no resume
     if split == 'full' and args.wise_ft: extra['wise_ft'] = _demo_wise_ft(ctl, extra['start_weights'], test, out)
 
 def _demo_wise_ft(ctl, start_weights, test, out:Path) -> list:
@@ -237,6 +238,8 @@ def cmd_demo(args) -> int:
     print('\n' + table + '\n')
     for c, m, v, t, ok in checks: print(f"{'met ' if ok else 'MISSED'}  {c}: {m} {v:.3f} (target {t})")
     if extra['wise_ft']: print('WiSE-FT (test accuracy by alpha): ' + ', '.join(f"{r['alpha']:.1f}: {r['accuracy']:.3f}" for r in extra['wise_ft']))
+    from clip_workbench.models import link_duplicates
+    link_duplicates(out)  # the locked text tower: once on disk for every model saved
     print(f"\nfinished in {seconds / 60:.1f} min. Results, plots and the models are in {out}/")
     return 0
 
@@ -365,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--lr', type=float, default=None, help="peak learning rate of the projections (default: the recipe's)")
     s.add_argument('--precision', default='auto', help="mixed precision: auto, no, bf16 or fp16 (default: auto)")
     s.add_argument('--no-wise-ft', dest='wise_ft', action='store_false', help='skip the WiSE-FT sweep after the full-split run')
+    s.add_argument('--keep-checkpoints', action='store_true', help='keep the resumable checkpoints of the finished runs (default: deleted, the models are kept)')
     s.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
     s.add_argument('--seed', type=int, default=42)
     s.set_defaults(func=cmd_demo)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_models.ipynb #ed007604
 from __future__ import annotations
-import math, os, shutil, uuid
+import hashlib, json, math, os, shutil, uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Optional, Union  # Literal: see DualEncoderConfig's signature below
@@ -21,6 +21,8 @@ from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import is_torchvision_available
 
 from fastcore.basics import patch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .core import ConfigError, ModelLoadError, get_device
 from .efficientnet import efficientnet_lite_processor, pretrained_efficientnet_lite
@@ -29,8 +31,9 @@ from .efficientnet import efficientnet_lite_processor, pretrained_efficientnet_l
 __all__ = ['MODEL_CLASSES', 'SPECIAL_MODELS', 'TOWERS', 'image_features', 'text_features', 'minilm_path', 'minilm_tokenizer',
            'clip_image_processor', 'tiny_clip', 'tiny_siglip', 'DualEncoderConfig', 'feature_dim', 'DualEncoderModel',
            'ConvNetConfig', 'ConvNetModel', 'scratch_vision_config', 'scratch_model', 'default_model', 'model_class',
-           'load_processor', 'load_model', 'save_model', 'tower_modules', 'tower_layers', 'count_parameters',
-           'lock_tower', 'unlock_tower', 'resample_position_grid', 'set_image_size', 'set_resolution']
+           'load_processor', 'load_model', 'save_model', 'link_duplicates', 'tower_modules', 'tower_layers',
+           'count_parameters', 'lock_tower', 'unlock_tower', 'resample_position_grid', 'set_image_size',
+           'set_resolution']
 
 # %% ../nbs/02_models.ipynb #48894d2d
 def _embedding(out, what:str) -> torch.Tensor:
@@ -488,16 +491,33 @@ def load_model(name_or_path:Union[str, Path], # Hugging Face name, local folder,
     return model.to(device if isinstance(device, torch.device) else get_device(device or 'auto')).eval(), processor
 
 # %% ../nbs/02_models.ipynb #b9e4aea5
+def _shard_by_part(folder:Path):
+    "Rewrite a one-file `model.safetensors` as one shard per tower (and one for the rest), with Hugging Face's index file."
+    single = folder/'model.safetensors'
+    if not single.is_file(): return
+    with safe_open(single, 'pt') as f: meta, keys = f.metadata(), list(f.keys())
+    part = lambda k: k.split('.')[0] if k.split('.')[0] in ('vision_model', 'text_model') else 'head'
+    if len({part(k) for k in keys}) < 2: return
+    tensors, weight_map = load_file(single), {}
+    for p in sorted({part(k) for k in keys}):
+        name = f"model-{p.replace('_model', '')}.safetensors"
+        save_file({k: tensors[k].contiguous() for k in keys if part(k) == p}, folder/name, metadata=meta)
+        weight_map.update({k: name for k in keys if part(k) == p})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    (folder/'model.safetensors.index.json').write_text(json.dumps(dict(metadata=dict(total_size=total), weight_map=weight_map), indent=2))
+    single.unlink()
+
 def save_model(model:PreTrainedModel, # any transformers model
                processor, # its processor (or None)
                folder:Union[str, Path] # target folder; replaced if it exists
               ) -> Path:
-    "Save model (safetensors) and processor to `folder` in Hugging Face format, atomically."
+    "Save model (safetensors, one shard per tower) and processor to `folder` in Hugging Face format, atomically."
     folder = Path(folder).expanduser().absolute()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent/f'.{folder.name}.tmp-{uuid.uuid4().hex[:8]}'
     try:
         model.save_pretrained(tmp)
+        _shard_by_part(tmp)
         if processor is not None: processor.save_pretrained(tmp)
         if not any(tmp.glob('*.safetensors')): raise ModelLoadError(f"{type(model).__name__}.save_pretrained wrote no safetensors file")
         if folder.exists():
@@ -507,6 +527,26 @@ def save_model(model:PreTrainedModel, # any transformers model
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+# %% ../nbs/02_models.ipynb #70d198df
+def _digest(path:Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''): h.update(chunk)
+    return h.hexdigest()
+
+def link_duplicates(root:Union[str, Path] # folder searched recursively for *.safetensors files
+                   ) -> int:
+    "Hard-link identical safetensors files under `root` to one copy; return the bytes freed."
+    seen, freed = {}, 0
+    for p in sorted(Path(root).rglob('*.safetensors')):
+        key = (p.stat().st_size, _digest(p))
+        first = seen.setdefault(key, p)
+        if first == p or os.path.samefile(first, p): continue
+        tmp = p.with_name(f'.{p.name}.link-{uuid.uuid4().hex[:8]}')
+        os.link(first, tmp); os.replace(tmp, p)
+        freed += key[0]
+    return freed
 
 # %% ../nbs/02_models.ipynb #25b58f18
 TOWERS = {'vision': ('vision_model', 'visual_projection'), 'text': ('text_model', 'text_projection')}

@@ -116,7 +116,7 @@ MODEL_RECIPES = {
 # %% ../nbs/05a_recipes.ipynb #4556c58c
 MIN_STEPS_PER_EPOCH = 16
 MIN_BATCH_SIZE = 8
-STEP_BUDGET = {'clip': (400, 2, 30), 'pretrained-towers': (400, 3, 60), 'scratch': (1500, 5, 200)}  # (steps, min epochs, max epochs)
+STEP_BUDGET = {'clip': (400, 2, 30), 'pretrained-towers': (400, 3, 60), 'scratch': (800, 5, 200)}  # (steps, min epochs, max epochs)
 WARMUP_FRACTION = 0.05
 
 def batch_rule(n_train:int, # training records

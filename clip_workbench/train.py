@@ -658,7 +658,7 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
              ) -> dict:
     "Fine-tune on the domain; save best and final models, logs and curves; return a summary."
     from clip_workbench.distributed import barrier
-    from clip_workbench.models import save_model
+    from clip_workbench.models import link_duplicates, save_model
     out, main = Path(output_path or self.config.output_dir), self.dist.is_main
     if train_dataset is None: train_dataset, val_dataset, self.test_records = self.load_data()
     train, val = list(train_dataset), list(val_dataset or [])
@@ -670,7 +670,7 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
     self.trainer = t = self._build_trainer(train, val, out)
     start = self._val_metrics(val) if val and main and not resume else None
     t.fit(resume_from=latest_checkpoint(out/'checkpoints') if resume else None)
-    if main: save_model(self.model, self.processor, out/'final')
+    if main: save_model(self.model, self.processor, out/'final'); link_duplicates(out)  # a locked tower: once on disk for best/ and final/
     if main and t.history:
         import matplotlib.pyplot as plt
         fig = plot_history(t.history); fig.savefig(out/'history.png', dpi=100); plt.close(fig)
