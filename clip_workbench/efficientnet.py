@@ -6,7 +6,7 @@
 from __future__ import annotations
 import importlib, math
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional  # Literal: see EfficientNetLiteConfig's signature (show_doc)
 
 import torch, torch.nn as nn, torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PretrainedConfig
