@@ -6,9 +6,9 @@
 from __future__ import annotations
 import json, math
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Sequence
 
 from fastcore.basics import patch_to
 from transformers import AutoConfig, PretrainedConfig
@@ -18,8 +18,8 @@ from .domains import DomainPreset, get_domain
 
 # %% auto #0
 __all__ = ['FAMILIES', 'CLIP_MODEL_TYPES', 'NAMED_FAMILIES', 'MODEL_RECIPES', 'MIN_STEPS_PER_EPOCH', 'MIN_BATCH_SIZE',
-           'STEP_BUDGET', 'WARMUP_FRACTION', 'SOURCES', 'DOMAIN_FIELDS', 'DataSummary', 'summarize_data',
-           'family_of_config', 'model_family', 'batch_rule', 'epochs_rule', 'Recipe', 'resolve_recipe']
+           'STEP_BUDGET', 'WARMUP_FRACTION', 'DOMAIN_FIELDS', 'DataSummary', 'summarize_data', 'family_of_config',
+           'model_family', 'batch_rule', 'epochs_rule', 'Recipe', 'resolve_recipe']
 
 # %% ../nbs/05a_recipes.ipynb #fb448a92
 @dataclass
@@ -132,8 +132,6 @@ def epochs_rule(steps_per_epoch:int, family:str) -> int:
     return max(lo, min(hi, math.ceil(steps / steps_per_epoch)))
 
 # %% ../nbs/05a_recipes.ipynb #43bab0f5
-SOURCES = ('user', 'domain', 'model recipe', 'data rule', 'default')
-
 @dataclass
 class Recipe:
     "A run's resolved settings, with the source and the reason of each."
@@ -173,7 +171,7 @@ def save(self, folder) -> Path:
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
     (folder/'recipe.txt').write_text(self.table() + '\n', encoding='utf-8')
     (folder/'recipe.json').write_text(json.dumps(self.to_dict(), indent=2), encoding='utf-8')
-    return folder/'recipe.json' 
+    return folder/'recipe.json'
 
 # %% ../nbs/05a_recipes.ipynb #694881f1
 DOMAIN_FIELDS = ('learning_rate', 'num_epochs', 'loss')
@@ -220,8 +218,8 @@ def _other_rows(cfg:CLIPFinetuningConfig, domain:DomainPreset) -> list:
     rows = [('prompts', domain.templates[0] + more, 'domain', f"the {domain.name!r} preset's templates"),
             ('augmentation', domain.augmentation, 'domain', f"the {domain.name!r} preset's policy")]
     for name in ('weight_decay', 'temperature', 'image_resolution', 'mixed_precision', 'gradient_accumulation_steps', 'max_grad_norm'):
-        v = getattr(cfg, name)
-        rows.append((name, v, 'user' if v != getattr(default, name) else 'default', 'set in the config' if v != getattr(default, name) else 'the default'))
+        v, changed = getattr(cfg, name), getattr(cfg, name) != getattr(default, name)
+        rows.append((name, v, 'user' if changed else 'default', 'set in the config' if changed else 'the default'))
     return rows
 
 def resolve_recipe(config:CLIPFinetuningConfig, # the config as the user wrote it (recipe fields null unless set)

@@ -259,9 +259,8 @@ def load_checkpoint(self:Trainer, path):
     if (size := s['position'].get('resolution')) and size != self.resolution:  # saved mid-schedule: resize before loading
         from clip_workbench.models import set_resolution
         set_resolution(self.model, None, size); self.resolution = size
-    missing = set(self.model.load_state_dict(s['model'], strict=False).missing_keys)  # unexpected keys raise
-    if missing & _optimized_names(self):
-        raise CLIPFinetuningError(f"checkpoint {p} lacks trained weights {sorted(missing & _optimized_names(self))[:3]}...: it is from a run that locked other parameters")
+    lacking = set(self.model.load_state_dict(s['model'], strict=False).missing_keys) & _optimized_names(self)  # unexpected keys raise
+    if lacking: raise CLIPFinetuningError(f"checkpoint {p} lacks trained weights {sorted(lacking)[:3]}...: it is from a run that locked other parameters")
     self.loss.load_state_dict(s['loss'])
     self.opt.load_state_dict(s['optimizer']); self.sched.load_state_dict(s['scheduler']); self.precision.load_state_dict(s['precision'])
     if hasattr(self.strategy, 'load_state_dict'): self.strategy.load_state_dict(s.get('strategy', {}))
