@@ -65,7 +65,12 @@ def load_config(path=None, overrides:Sequence[str]=()) -> 'CLIPFinetuningConfig'
 
 def cmd_train(args) -> int:
     "Fine-tune from a config, then evaluate on the test split; print the recipe and the summary (only the recipe with --dry-run)."
+    if args.help_config:
+        from clip_workbench.core import config_reference
+        print(config_reference()); return 0
+    from clip_workbench.train import validate_run
     cfg = load_config(args.config, args.set or [])
+    validate_run(cfg)  # before any model or data loads; nothing is written on an error
     if args.dry_run:
         from clip_workbench.recipes import resolve_recipe
         from clip_workbench.train import config_splits
@@ -78,6 +83,11 @@ def cmd_train(args) -> int:
     if not ctl.dist.is_main: return 0  # the first process evaluates and reports
     res = ctl.evaluate_on_domain(out_dir=Path(summary['output_dir'])/'eval')
     summary['test'] = {k: v for k, v in res.get('zero_shot', {}).items() if k in ('accuracy', 'balanced_accuracy')}
+    if 'wise_ft' in summary:  # the best mix on validation, on the test split too
+        from clip_workbench.export import wise_ft
+        wise_ft(ctl.start_weights, ctl.model, summary['wise_ft']['best_alpha'], inplace=True)
+        res = ctl.evaluate_on_domain(out_dir=Path(summary['output_dir'])/'eval_wise_ft')
+        summary['wise_ft']['test'] = {k: v for k, v in res.get('zero_shot', {}).items() if k in ('accuracy', 'balanced_accuracy')}
     print(json.dumps(summary, indent=2))
     for w in summary['warnings']: print(f"clip-workbench train: warning: {w}", file=sys.stderr)
     return 0
@@ -106,7 +116,7 @@ def _image_paths(items:Sequence[str]) -> list:
 
 def cmd_predict(args) -> int:
     "Zero-shot labels (with --labels) and/or embeddings (to --embeddings FILE) for image files or folders."
-    from clip_workbench.evaluate import class_embeddings, encode_images
+    from clip_workbench.evaluate import encode_images, zero_shot_probabilities
     from clip_workbench.models import load_model
     if not args.labels and not args.embeddings: raise CLIPFinetuningError("say what to predict: --labels 'a,b,c' (zero-shot) and/or --embeddings FILE.safetensors")
     paths = _image_paths(args.images)
@@ -117,10 +127,10 @@ def cmd_predict(args) -> int:
         save_file({'image_embeddings': emb.contiguous()}, args.embeddings, metadata={'paths': json.dumps([str(p) for p in paths])})
     if args.labels:
         labels = [l.strip() for l in args.labels.split(',') if l.strip()]
-        probs = (100 * emb @ class_embeddings(model, proc, labels, progress=False).T).softmax(-1)
+        probs = zero_shot_probabilities(model, proc, emb, labels)  # the model's own scale, serve's prompts: the same numbers as serve
         for p, row in zip(paths, probs):
             top = row.argsort(descending=True)[:args.top_k]
-            print(json.dumps(dict(image=str(p), labels=[dict(label=labels[i], probability=round(float(row[i]), 4)) for i in top])))
+            print(json.dumps(dict(image=str(p), labels=[dict(label=labels[i], probability=float(row[i])) for i in top])))
     return 0
 
 # %% ../nbs/11_cli.ipynb #34724b69
@@ -338,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config field (repeatable), e.g. --set num_epochs=3')
     s.add_argument('--resume', action='store_true', help='continue from the latest checkpoint in output_dir/checkpoints')
     s.add_argument('--dry-run', action='store_true', help='print the resolved recipe (each setting with its source) and stop')
+    s.add_argument('--help-config', action='store_true', help='list every config field with its default, allowed values and help, and stop')
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser('evaluate', help='evaluate a model on a data set; write results.json, summary.md and plots')

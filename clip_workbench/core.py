@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb #b883eca6
 from __future__ import annotations
 import difflib, json, os, platform, random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -13,9 +13,9 @@ import numpy as np, psutil, torch, yaml
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['MIXED_PRECISION', 'LOCK_CHOICES', 'BATCHNORM_MODES', 'CLIPFinetuningError', 'ConfigError', 'DataError',
-           'ModelLoadError', 'MemoryConstraintError', 'CLIPFinetuningConfig', 'get_device', 'device_report',
-           'seed_everything']
+__all__ = ['MIXED_PRECISION', 'LOCK_CHOICES', 'BATCHNORM_MODES', 'SAMPLERS', 'LOGGERS', 'VAL_METRICS', 'CLIPFinetuningError',
+           'ConfigError', 'DataError', 'ModelLoadError', 'MemoryConstraintError', 'CLIPFinetuningConfig',
+           'config_reference', 'get_device', 'device_report', 'seed_everything']
 
 # %% ../nbs/00_core.ipynb #3c4884af
 class CLIPFinetuningError(Exception):
@@ -45,13 +45,23 @@ _frac = lambda v: 0 <= v < 1
 MIXED_PRECISION = ('auto', 'no', 'bf16', 'fp16')
 LOCK_CHOICES = ('vision', 'text', 'both', 'none')
 BATCHNORM_MODES = ('frozen', 'train', 'precise')
+SAMPLERS = ('shuffle', 'balanced')
+LOGGERS = ('tensorboard',)
+VAL_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1')
+
+def _keys_ok(d:dict, allowed:set, required:set=frozenset()) -> bool: return set(d) <= allowed and required <= set(d)
+_early_ok = lambda v: (_keys_ok(v, {'metric', 'patience', 'min_delta'}) and v.get('metric', 'accuracy') in VAL_METRICS
+                       and type(v.get('patience', 3)) is int and v.get('patience', 3) >= 1 and v.get('min_delta', 0) >= 0)
+_alphas_ok = lambda v: bool(v) and all(type(a) in (int, float) and 0 <= a <= 1 for a in v)
+_tune_ok = lambda v: (_keys_ok(v, {'space', 'budget', 'n_trials', 'eta'}, {'space'}) and isinstance(v['space'], dict) and bool(v['space'])
+                      and v.get('budget', 1) > 0 and type(v.get('n_trials', 8)) is int and v.get('n_trials', 8) >= 1 and type(v.get('eta', 2)) is int and v.get('eta', 2) >= 2)
 
 # %% ../nbs/00_core.ipynb #dd9dc501
 @dataclass
 class CLIPFinetuningConfig:
     "Every setting of a fine-tuning run; validated on construction."
     model_name: str = _f('default', 'Hugging Face name, local folder, "default" (offline) or "tiny" (tests)', lambda v: bool(v.strip()), 'a non-empty string')
-    domain: str = _f('general', 'domain preset: general, medical, industrial, scientific or a registered custom one', lambda v: bool(v.strip()), 'a non-empty string')
+    domain: str = _f('general', 'domain preset: general, medical, industrial, scientific, a registered custom one, or the path of a domain YAML file', lambda v: bool(v.strip()), 'a non-empty string')
     learning_rate: Optional[float] = _f(None, 'peak learning rate of the projections and the temperature (AdamW)', _pos, 'a number > 0', recipe=True)
     vision_learning_rate: Optional[float] = _f(None, 'peak learning rate of the vision tower', _pos, 'a number > 0', recipe=True)
     text_learning_rate: Optional[float] = _f(None, 'peak learning rate of the text tower', _pos, 'a number > 0', recipe=True)
@@ -87,6 +97,17 @@ class CLIPFinetuningConfig:
     batchnorm: Optional[str] = _f(None, "BatchNorm statistics while training: 'frozen' (the pretrained ones), 'train' (batch statistics) or 'precise' (train, re-estimated before each evaluation)",
                                   lambda v: v in BATCHNORM_MODES, ', '.join(map(repr, BATCHNORM_MODES)), recipe=True)
     precise_bn_batches: int = _f(20, "with batchnorm 'precise': training batches the statistics are re-estimated over", _pos, 'an integer >= 1')
+    sampler: str = _f('shuffle', "order of the training samples: 'shuffle', or 'balanced' (rare classes oversampled: each class drawn equally often; needs labels)",
+                      lambda v: v in SAMPLERS, ', '.join(map(repr, SAMPLERS)))
+    gradient_checkpointing: bool = _f(False, 'recompute activations in the backward pass instead of keeping them: less memory, more time')
+    attention_chunk_size: Optional[int] = _f(None, 'compute attention this many queries at a time, in towers that have attention: less peak memory', _pos, 'an integer >= 1, or null')
+    early_stopping: Optional[dict] = _f(None, 'stop when a validation metric stops improving, e.g. {metric: accuracy, patience: 3, min_delta: 0.0}', _early_ok,
+                                        f"a mapping with keys metric ({', '.join(VAL_METRICS)}), patience (an integer >= 1) and min_delta (>= 0), all optional; or null")
+    log_to: Optional[str] = _f(None, "also write the training scalars to 'tensorboard' (the optional tensorboard package)", lambda v: v in LOGGERS, "'tensorboard', or null")
+    wise_ft: Optional[list] = _f(None, 'after training, WiSE-FT: score the weight mixes (1-a)*start + a*fine-tuned at these alphas on validation; the best is saved to wise_ft/',
+                                 _alphas_ok, 'a non-empty list of numbers in [0, 1], or null')
+    tune_loss: Optional[dict] = _f(None, 'before training, tune loss_kwargs by successive halving on validation accuracy; space: name -> list of choices or {low, high, log}; budget in epochs; e.g. {space: {temperature: {low: 0.02, high: 0.2, log: true}}, budget: 12, n_trials: 8}',
+                                   _tune_ok, 'a mapping with a non-empty space, and optional budget (> 0), n_trials (>= 1) and eta (>= 2); or null')
     logging_steps: int = _f(10, 'log every N steps', _pos, 'an integer >= 1')
     output_dir: str = _f('outputs', 'folder for checkpoints, logs and reports', lambda v: bool(v.strip()), 'a non-empty path')
     seed: int = _f(42, 'seed for Python, NumPy and torch', _nonneg, 'an integer >= 0')
@@ -124,10 +145,15 @@ def validate(self:CLIPFinetuningConfig):
         if not _type_ok(v, f.type):
             raise ConfigError(f"config field '{f.name}': got {v!r} ({type(v).__name__}); expected {_describe(f)}")
         check = f.metadata.get('check')
-        if v is not None and check is not None and not check(v):
+        try: ok = v is None or check is None or check(v)
+        except (TypeError, ValueError, AttributeError): ok = False  # e.g. a string where a number belongs, inside a mapping
+        if not ok:
             raise ConfigError(f"config field '{f.name}': got {v!r}; allowed: {_describe(f)}")
     if self.val_split + self.test_split >= 1:
         raise ConfigError(f"config fields 'val_split' + 'test_split' = {self.val_split + self.test_split:g}; their sum must be < 1 to leave training data")
+    needs_val = [k for k in ('early_stopping', 'wise_ft', 'tune_loss') if getattr(self, k)]
+    if needs_val and self.val_split == 0:
+        raise ConfigError(f"config field '{needs_val[0]}' scores the validation split, but val_split is 0; set val_split > 0 (e.g. 0.1)")
     return self
 
 # %% ../nbs/00_core.ipynb #5c7b361e
@@ -185,6 +211,19 @@ def override(self:CLIPFinetuningConfig, *assignments:str):
         k, v = a.split('=', 1)
         d[k.strip()] = _parse_value(v)
     return type(self).from_dict(d, source='--set')
+
+# %% ../nbs/00_core.ipynb #843ed95f
+def _yaml_value(v) -> str: return json.dumps(v) if isinstance(v, (bool, type(None), dict, list)) else str(v)
+
+def config_reference(markdown:bool=False # a Markdown table instead of plain text
+                    ) -> str:
+    "Every config field with its default, what it allows and what it does, from the dataclass itself."
+    rows = [(f.name, _yaml_value(f.default if f.default_factory is MISSING else f.default_factory()),
+             'true or false' if f.type == 'bool' else _describe(f), f.metadata['help']) for f in fields(CLIPFinetuningConfig)]
+    if markdown:
+        esc = lambda s: s.replace('|', '\\|')  # <code>, not backticks: nbdev would link names like loss_kwargs to functions
+        return '\n'.join(['| field | default | allowed | what it does |', '|---|---|---|---|'] + [f'| <code>{n}</code> | <code>{d}</code> | {esc(a)} | {esc(h)} |' for n, d, a, h in rows])
+    return '\n'.join(f'{n} (default {d})\n    {h}\n    allowed: {a}' for n, d, a, h in rows)
 
 # %% ../nbs/00_core.ipynb #1e0ee901
 def _mps_available() -> bool: return hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()

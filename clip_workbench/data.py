@@ -894,19 +894,23 @@ class ClassBalancedSampler(torch.utils.data.Sampler):
     "Oversample rare classes: draw with replacement, weight 1 / class count ** power; seeded per epoch."
     def __init__(self, labels, # label per sample: a sequence, records, or a dataset with .label_indices
                  num_samples:Optional[int]=None, # draws per epoch (default: number of samples)
-                 power:float=1.0, seed:int=0):
+                 power:float=1.0, # 1: every class equally often; 0.5: square-root balancing; 0: uniform
+                 seed:int=0,
+                 rank:int=0, num_replicas:int=1): # this process and the number of processes (torchrun)
         if hasattr(labels, 'label_indices'): labels = labels.label_indices
         labels = [r.label if isinstance(r, ImageTextRecord) else r for r in labels]
         if not labels: raise DataError("ClassBalancedSampler: no labels")
         self.counts = Counter(labels)
         self.weights = torch.tensor([self.counts[l] ** -power for l in labels], dtype=torch.double)
-        self.num_samples, self.seed, self.epoch = num_samples or len(labels), seed, 0
+        if not 0 <= rank < num_replicas: raise ConfigError(f"ClassBalancedSampler: rank {rank} is not in [0, {num_replicas})")
+        self.num_samples, self.seed, self.epoch, self.rank, self.num_replicas = num_samples or len(labels), seed, 0, rank, num_replicas
 
     def set_epoch(self, epoch:int): self.epoch = int(epoch)
-    def __len__(self): return self.num_samples
+    def __len__(self): return self.num_samples // self.num_replicas
     def __iter__(self):
         g = torch.Generator().manual_seed(_seed(self.seed, self.epoch))
-        return iter(torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).tolist())
+        drawn = torch.multinomial(self.weights, len(self) * self.num_replicas, replacement=True, generator=g)
+        return iter(drawn[self.rank::self.num_replicas].tolist())
 
 # %% ../nbs/01_data.ipynb #ff635820
 def collate_batch(samples:Sequence[dict]) -> dict:

@@ -160,12 +160,13 @@ def distributed_loader(dataset, # e.g. an ImageTextDataset
                        info:DistInfo,
                        seed:int=0, # seeds the shuffling (the same on every process)
                        shuffle:bool=True,
+                       sampler=None, # a sampler that already takes this process's share (e.g. ClassBalancedSampler(rank=, num_replicas=)); default: DistributedSampler
                        **kwargs # passed to make_dataloader (num_workers, device, ...)
                       ) -> torch.utils.data.DataLoader:
     "This process's loader: its shard of each (seeded) epoch, `batch_size / world_size` samples per batch."
     from clip_workbench.data import make_dataloader
     if batch_size % info.world_size:
         raise ConfigError(f"batch_size {batch_size} is not divisible by the {info.world_size} processes; each process loads an equal share of the global batch")
-    sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle,
-                                                              seed=seed, drop_last=True)
+    if sampler is None: sampler = torch.utils.data.distributed.DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
+                                                                                  shuffle=shuffle, seed=seed, drop_last=True)
     return make_dataloader(dataset, batch_size // info.world_size, sampler=sampler, drop_last=True, seed=seed, **kwargs)

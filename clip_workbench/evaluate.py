@@ -26,9 +26,10 @@ __all__ = ['FEW_SHOT_METHODS', 'METRICS', 'to_plain', 'save_json', 'confusion_ma
            'binary_metrics', 'plot_confusion', 'retrieval_ranks', 'retrieval_metrics', 'sample_k_shot',
            'nearest_exemplar_scores', 'linear_probe', 'few_shot_metrics', 'plot_few_shot', 'similarity_distribution',
            'plot_similarity_histogram', 'model_fingerprint', 'cache_key', 'encode_images', 'encode_texts',
-           'embed_records', 'class_prompts', 'ensemble_text_embeddings', 'class_embeddings', 'zero_shot_metrics',
-           'check_metrics', 'evaluate_model', 'headline', 'compare_results', 'format_table', 'evaluate_resolutions',
-           'plot_resolutions', 'write_plots', 'run_evaluation', 'run_evaluation_from_path']
+           'embed_records', 'class_prompts', 'ensemble_text_embeddings', 'class_embeddings', 'logit_scale_of',
+           'class_probabilities', 'zero_shot_probabilities', 'zero_shot_metrics', 'check_metrics', 'evaluate_model',
+           'headline', 'compare_results', 'format_table', 'evaluate_resolutions', 'plot_resolutions', 'write_plots',
+           'run_evaluation', 'run_evaluation_from_path']
 
 # %% ../nbs/06_evaluate.ipynb #86a54256
 def to_plain(x):
@@ -635,6 +636,39 @@ def class_embeddings(model, processor, # a CLIP-style model and its processor
     emb = encode_texts(model, processor, prompts, **{'progress': False, **kwargs})
     return ensemble_text_embeddings(emb.reshape(len(class_names), len(prompts) // len(class_names), -1))
 
+# %% ../nbs/06_evaluate.ipynb #1890bf56
+def logit_scale_of(model # a CLIP-style model (anything with a `logit_scale` parameter, stored as its log)
+                  ) -> float:
+    "The model's softmax scale `exp(logit_scale)` as a float; 100 (CLIP's) when it has none."
+    ls = getattr(model, 'logit_scale', None)
+    return float(ls.detach().float().exp()) if isinstance(ls, torch.Tensor) else 100.0
+
+# %% ../nbs/06_evaluate.ipynb #08ed23a1
+def class_probabilities(image_emb, # [N, d] image embeddings
+                        class_emb, # [C, d] class embeddings (see `class_embeddings`)
+                        logit_scale:float=100.0 # the softmax scale, e.g. `logit_scale_of(model)`
+                       ) -> torch.Tensor:
+    "Class probabilities `[N, C]`: softmax of `logit_scale` times the cosine similarities."
+    img = F.normalize(torch.as_tensor(image_emb).float(), dim=-1)
+    return (logit_scale * img @ F.normalize(torch.as_tensor(class_emb).float(), dim=-1).T).softmax(-1)
+
+# %% ../nbs/06_evaluate.ipynb #344050b2
+def zero_shot_probabilities(model, processor, # a CLIP-style model and its processor
+                            image_embeddings, # [N, d] image embeddings, e.g. from `encode_images`
+                            labels:Union[str, Sequence[str]], # class names as a user writes them (a string: comma-separated)
+                            templates:Optional[Sequence[str]]=None, # prompt templates, '{}' = the class text; default: the domain's
+                            domain:str='general', # a domain of `clip_workbench.domains`: class-name normalisation and default templates
+                            **kwargs # passed to `class_embeddings` (descriptions, autocast, cache_dir, ...)
+                           ) -> torch.Tensor:
+    "Zero-shot class probabilities `[N, C]`, as the server's `/v1/classify` computes them."
+    from clip_workbench.domains import get_domain
+    preset = get_domain(domain)
+    if isinstance(labels, str): labels = [l.strip() for l in labels.split(',') if l.strip()]
+    if not labels: raise ConfigError("zero-shot needs at least one label, e.g. ['cat', 'dog']")
+    names = [preset.canonical_class(l) for l in labels]
+    ce = class_embeddings(model, processor, names, list(templates if templates is not None else preset.templates), **kwargs)
+    return class_probabilities(image_embeddings, ce, logit_scale_of(model))
+
 # %% ../nbs/06_evaluate.ipynb #fa252a21
 def zero_shot_metrics(image_emb, # [N, d] image embeddings
                       class_emb, # [C, d] class embeddings (see `class_embeddings`)
@@ -654,7 +688,7 @@ def zero_shot_metrics(image_emb, # [N, d] image embeddings
     if normal_class is not None:
         names = [str(c) for c in class_names]
         normal = names.index(normal_class) if normal_class in names else None
-        defect = None if normal is None else 1 - (logit_scale * scores).softmax(1)[:, normal]
+        defect = None if normal is None else 1 - class_probabilities(image_emb, class_emb, logit_scale)[:, normal]
         res['binary'] = binary_metrics(labels, preds, class_names, normal_class, defect)
     return res
 
@@ -693,11 +727,6 @@ def _needs(metric, has_labels, has_texts) -> Optional[str]:
     return None
 
 # %% ../nbs/06_evaluate.ipynb #fbc73222
-def _logit_scale(model) -> float:
-    "The model's softmax scale exp(logit_scale), 100 when it has none."
-    ls = getattr(model, 'logit_scale', None)
-    return float(ls.detach().float().exp()) if isinstance(ls, torch.Tensor) else 100.0
-
 def evaluate_model(model, processor, # a CLIP-style model and its processor
              records:Sequence[ImageTextRecord], # the evaluation data
              metrics:Union[str, Sequence[str], None]=None, # names from METRICS; None = all the data allows
@@ -734,14 +763,14 @@ def evaluate_model(model, processor, # a CLIP-style model and its processor
     res = dict(metrics=todo, skipped={m: _needs(m, has_labels, has_texts) for m in METRICS if m not in todo and not asked},
                data=dict(n_records=len(records), n_images=len(emb['image_paths']), n_texts=len(emb['texts']),
                          n_labelled=sum(l is not None for l in emb['labels'])),
-               model=dict(type=type(model).__name__, logit_scale=_logit_scale(model), fingerprint=emb['fingerprint']))
+               model=dict(type=type(model).__name__, logit_scale=logit_scale_of(model), fingerprint=emb['fingerprint']))
     if has_labels and ('zero_shot' in todo or 'few_shot' in todo):
         names, keep, y = _label_indices(emb['labels'], class_names, emb['image_paths'])
         res['data'].update(class_names=names, class_counts=dict(zip(names, torch.bincount(y, minlength=len(names)).tolist())))
     if 'zero_shot' in todo:
         templates = list(templates or DEFAULT_TEMPLATES)
         ce = class_embeddings(model, processor, names, templates, descriptions, autocast=autocast, cache_dir=cache_dir, fingerprint=emb['fingerprint'])
-        res['zero_shot'] = dict(templates=templates, **zero_shot_metrics(emb['image'][keep], ce, y, names, ks, hierarchy, normal_class, _logit_scale(model)))
+        res['zero_shot'] = dict(templates=templates, **zero_shot_metrics(emb['image'][keep], ce, y, names, ks, hierarchy, normal_class, logit_scale_of(model)))
     if 'retrieval' in todo: res['retrieval'] = retrieval_metrics(emb['image'], emb['text'], emb['text_to_image'], ks, chunk_size)
     if 'few_shot' in todo: res['few_shot'] = few_shot_metrics(emb['image'][keep], y, names, shots, seeds)
     if 'similarity' in todo: res['similarity'] = similarity_distribution(emb['image'], emb['text'], emb['text_to_image'], n_negatives)

@@ -14,11 +14,12 @@ from fastcore.basics import patch
 from .core import CLIPFinetuningConfig, ConfigError, DataError
 
 # %% auto #0
-__all__ = ['LOSSES', 'SCHEDULES', 'STRATEGIES', 'EXPLORER_LOSSES', 'register_loss', 'TemperatureScheduler', 'ImageTextLoss',
-           'CLIPContrastiveLoss', 'SigLIPLoss', 'DomainSpecificLoss', 'ClassPromptLoss', 'HardNegativeMiningLoss',
-           'MultiScaleLoss', 'focal_loss', 'inverse_frequency_weights', 'FocalLoss', 'list_losses', 'get_loss',
-           'loss_from_config', 'CombinedLoss', 'TuningResult', 'tune_loss_params', 'linear_adapter_objective',
-           'synthetic_batch', 'explore_plot', 'loss_explorer']
+__all__ = ['LOSSES', 'SCHEDULES', 'STRATEGIES', 'RUN_ARGS', 'EXPLORER_LOSSES', 'register_loss', 'TemperatureScheduler',
+           'ImageTextLoss', 'CLIPContrastiveLoss', 'SigLIPLoss', 'DomainSpecificLoss', 'ClassPromptLoss',
+           'HardNegativeMiningLoss', 'MultiScaleLoss', 'focal_loss', 'inverse_frequency_weights', 'FocalLoss',
+           'list_losses', 'get_loss', 'check_loss_config', 'loss_from_config', 'CombinedLoss', 'TuningResult',
+           'tune_loss_params', 'merge_loss_params', 'check_tune_space', 'linear_adapter_objective', 'synthetic_batch',
+           'explore_plot', 'loss_explorer']
 
 # %% ../nbs/03_losses.ipynb #9896cf5c
 def _check_features(image_features, text_features, same_rows:bool=True):
@@ -184,7 +185,6 @@ def plot(self:TemperatureScheduler, steps:int=1000, ax=None):
 # %% ../nbs/03_losses.ipynb #a58673e5
 class ImageTextLoss(nn.Module):
     "Base of every loss: the call shape, input checks, temperature (fixed, learnable or scheduled) and distributed arguments."
-    same_rows = True  # rows of image and text features are pairs (FocalLoss: text rows are classes)
     loss_name = 'loss'
     def __init__(self,
                  temperature:float=0.07, # softmax temperature when no logit_scale is passed (logit scale = 1/temperature)
@@ -265,13 +265,13 @@ def _cos(self:ImageTextLoss, q:torch.Tensor, k:torch.Tensor) -> torch.Tensor:
 @patch
 def forward(self:ImageTextLoss,
             image_features:torch.Tensor, # (batch, dim) image embeddings, normalised inside
-            text_features:torch.Tensor, # (batch, dim) text embeddings (FocalLoss: (classes, dim)), normalised inside
+            text_features:torch.Tensor, # (batch, dim) text embeddings, row i paired with image row i, normalised inside
             logit_scale=None, # multiplier of cosine similarities, already exponentiated; None: the loss's own
             logit_bias=None, # additive logit bias (SigLIP); None: the loss's own, if any
             labels=None # one class label per pair (ints or hashables); used by label-aware losses
            ) -> dict:
     "Check and normalise the features, then return the dict of named terms plus 'loss' (their weighted sum)."
-    img, txt = _check_features(image_features, text_features, self.same_rows)
+    img, txt = _check_features(image_features, text_features)
     labels, self._label_map = _check_labels(labels, len(img), img.device)
     if self._label_map is not None and self.world_size > 1:
         raise DataError("with world_size > 1 pass labels as integer class indices (class names map to different indices on each process)")
@@ -505,6 +505,16 @@ def _class_weight_vector(class_weights, labels:torch.Tensor, mapping:Optional[di
         raise DataError(f"class_weights has {w.numel()} entries but the labels go up to class index {int(labels.max())}; give one weight per class")
     return w[labels]
 
+def _check_class_weights(class_weights):
+    "Refuse class weights that are not a {label: weight} dict or a sequence of finite numbers >= 0; return them."
+    if class_weights is None: return None
+    vals = class_weights.values() if isinstance(class_weights, dict) else class_weights
+    try: vals = [float(v) for v in (vals.tolist() if isinstance(vals, torch.Tensor) else vals)] if not isinstance(vals, (str, bytes)) else None
+    except (TypeError, ValueError): vals = None
+    if vals is None or not all(math.isfinite(v) and v >= 0 for v in vals):
+        raise ConfigError(f"class_weights must be a {{label: weight}} dict or a list of weights by class index, all numbers >= 0, got {class_weights!r}")
+    return class_weights
+
 # %% ../nbs/03_losses.ipynb #1855cd96
 @register_loss('domain', 'domain_specific', 'label_aware')
 class DomainSpecificLoss(ImageTextLoss):
@@ -523,7 +533,7 @@ class DomainSpecificLoss(ImageTextLoss):
         self.instance_weight = float(instance_weight)
         if not isinstance(domain, str) or not domain.strip(): raise ConfigError(f"domain must be a non-empty string, got {domain!r}")
         if isinstance(domain_weight, bool) or not isinstance(domain_weight, (int, float)) or domain_weight < 0: raise ConfigError(f"domain_weight must be a number >= 0, got {domain_weight!r}")
-        self.domain, self.domain_weight, self.class_weights = domain, float(domain_weight), class_weights
+        self.domain, self.domain_weight, self.class_weights = domain, float(domain_weight), _check_class_weights(class_weights)
 
     def compute(self, img, txt, scale, bias, labels):
         qi, qt, ki, kt, lq, lk, off = self._views(img, txt, labels)
@@ -545,6 +555,12 @@ class DomainSpecificLoss(ImageTextLoss):
                     positives_per_sample=pos.sum(1).to(qi.dtype).mean().detach())
 
 # %% ../nbs/03_losses.ipynb #235ebe4c
+def _class_prototypes(txt:torch.Tensor, labels:torch.Tensor):
+    "The classes present (sorted), the (rows, classes) membership matrix, and one prototype per class: the normalised mean of its caption embeddings."
+    classes, col_class = torch.unique(labels, return_inverse=True)
+    members = F.one_hot(col_class, len(classes)).to(txt.dtype)
+    return classes, members, F.normalize(members.T @ txt, dim=-1)
+
 @register_loss('class_prompt', 'class_prompts', 'prompt_ce')
 class ClassPromptLoss(ImageTextLoss):
     "Images against one prompt prototype per class in the batch: the zero-shot head's cross-entropy (and its transpose)."
@@ -557,14 +573,12 @@ class ClassPromptLoss(ImageTextLoss):
                 ):
         super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
         if not 0 <= text_weight <= 1: raise ConfigError(f"text_weight must be in [0, 1], got {text_weight!r}")
-        self.class_weights, self.text_weight = class_weights, float(text_weight)
+        self.class_weights, self.text_weight = _check_class_weights(class_weights), float(text_weight)
 
     def compute(self, img, txt, scale, bias, labels):
         if labels is None: raise DataError("ClassPromptLoss needs labels (one class per pair): use records with labels, or the 'domain' or 'clip' loss")
         qi, qt, ki, kt, lq, lk, off = self._views(img, txt, labels)
-        classes, col_class = torch.unique(lk, return_inverse=True)
-        members = F.one_hot(col_class, len(classes)).to(kt.dtype)  # (columns, classes)
-        protos = F.normalize(members.T @ kt, dim=-1)  # one text prototype per class
+        classes, members, protos = _class_prototypes(kt, lk)  # (columns, classes) membership; one text prototype per class
         target = torch.searchsorted(classes, lq)
         logits = scale * self._cos(qi, protos) + (0 if bias is None else bias)
         ce = F.cross_entropy(logits, target, reduction='none')
@@ -681,15 +695,18 @@ def focal_loss(logits:torch.Tensor, # (batch, classes)
                targets:torch.Tensor, # (batch,) class indices
                gamma:float=2.0, # focusing parameter; 0 = cross-entropy
                alpha:Optional[float]=None, # overall factor (the seeds use 0.25)
-               weight:Optional[torch.Tensor]=None # (classes,) per-class weights; the mean is weighted like cross_entropy's
+               weight:Optional[torch.Tensor]=None, # (classes,) per-class weights; the mean is weighted like cross_entropy's
+               reduction:str='mean' # 'mean', or 'none' for one (weighted) value per row
               ) -> torch.Tensor:
     "Class-weighted focal loss of logits against integer targets."
+    if reduction not in ('mean', 'none'): raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     logp = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-    fl = -(1 - logp.exp()).pow(gamma) * logp
+    q = (-torch.expm1(logp)).clamp_min(torch.finfo(logp.dtype).tiny)  # 1 - p, accurate near p = 1; never 0, so gamma < 1 keeps a finite gradient
+    fl = -q.pow(gamma) * logp
     if alpha is not None: fl = alpha * fl
-    if weight is None: return fl.mean()
-    w = weight.to(fl)[targets]
-    return (w * fl).sum() / w.sum()
+    w = None if weight is None else weight.to(fl)[targets]
+    if reduction == 'none': return fl if w is None else w * fl
+    return fl.mean() if w is None else (w * fl).sum() / w.sum()
 
 # %% ../nbs/03_losses.ipynb #b93a2162
 def inverse_frequency_weights(labels, # class indices (tensor or ints) or class names
@@ -713,33 +730,43 @@ def inverse_frequency_weights(labels, # class indices (tensor or ints) or class 
 # %% ../nbs/03_losses.ipynb #eabc67d4
 @register_loss('focal', 'focal_loss')
 class FocalLoss(ImageTextLoss):
-    "Class-weighted focal loss on zero-shot logits: images against one text embedding per class."
-    same_rows = False
+    "Class-weighted focal loss on the zero-shot logits: images against one prompt prototype per class in the batch."
     def __init__(self,
                  temperature:float=0.07, # softmax temperature when no logit_scale is passed
                  learnable_temp:bool=False, # learn log(1/temperature)
                  gamma:float=2.0, # focusing parameter; 0 = cross-entropy
                  alpha:Optional[float]=None, # overall factor (the seeds use 0.25)
-                 class_weights=None, # per-class weights: tensor/sequence by class index, or {name: w} (see inverse_frequency_weights)
-                 **kwargs # scheduler, max_logit_scale
+                 class_weights=None, # per-class weights of the image rows: {label: w} or a sequence indexed by class index (see inverse_frequency_weights)
+                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn
                 ):
         super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
-        if not gamma >= 0: raise ConfigError(f"gamma must be >= 0, got {gamma!r}")
-        if alpha is not None and not alpha > 0: raise ConfigError(f"alpha must be > 0 or None, got {alpha!r}")
-        self.gamma, self.alpha, self.class_weights = float(gamma), alpha, class_weights
+        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not (num(gamma) and gamma >= 0): raise ConfigError(f"gamma must be a number >= 0, got {gamma!r}")
+        if alpha is not None and not (num(alpha) and alpha > 0): raise ConfigError(f"alpha must be a number > 0 or None, got {alpha!r}")
+        self.gamma, self.alpha, self.class_weights = float(gamma), alpha, _check_class_weights(class_weights)
 
-    def compute(self, img, txt, scale, bias, labels):
-        if labels is None: raise DataError("FocalLoss needs labels: the class index of each image (text_features are the class embeddings)")
-        if self._label_map is not None:
-            raise DataError("FocalLoss needs integer class indices as labels (row k of text_features is class k), got class names")
-        if int(labels.max()) >= len(txt) or int(labels.min()) < 0:
-            raise DataError(f"labels go up to class index {int(labels.max())} but text_features holds {len(txt)} class embeddings")
-        w = None
-        if self.class_weights is not None:
-            w = torch.as_tensor([self.class_weights.get(i, 1.0) for i in range(len(txt))]) if isinstance(self.class_weights, dict) else torch.as_tensor(self.class_weights)
-            if len(w) != len(txt): raise DataError(f"class_weights has {len(w)} entries but text_features holds {len(txt)} classes")
-        fl = focal_loss(scale * self._cos(img, txt), labels, self.gamma, self.alpha, w)
-        return dict(focal_loss=fl, loss=fl)
+# %% ../nbs/03_losses.ipynb #b417a144
+@patch
+def forward(self:FocalLoss, image_features, text_features, logit_scale=None, logit_bias=None, labels=None) -> dict:
+    "Refuse the old call with class embeddings as text_features, then the usual checks and `compute`."
+    i, t = image_features, text_features
+    if isinstance(i, torch.Tensor) and isinstance(t, torch.Tensor) and i.ndim == t.ndim == 2 and len(i) != len(t):
+        raise DataError(f"FocalLoss takes one caption embedding per image, like every loss, and builds one prototype per class from them "
+                        f"and the labels; got {len(i)} image rows and {len(t)} text rows. To score against fixed class embeddings, pass class_embeddings[labels]")
+    return ImageTextLoss.forward(self, image_features, text_features, logit_scale, logit_bias, labels)
+
+@patch
+def compute(self:FocalLoss, img, txt, scale, bias, labels):
+    if labels is None:
+        raise ConfigError("loss 'focal' needs labelled data (class folders, or a label column): it scores each image against one prompt per class, "
+                          "and this batch has no labels; for free captions use loss: clip")
+    if int(labels.min()) < 0: raise DataError(f"FocalLoss needs a class for every image, got label {int(labels.min())} (-1 marks a record without a label)")
+    qi, qt, ki, kt, lq, lk, off = self._views(img, txt, labels)
+    classes, _, protos = _class_prototypes(kt, lk)
+    fl = focal_loss(scale * self._cos(qi, protos), torch.searchsorted(classes, lq), self.gamma, self.alpha, reduction='none')
+    w = None if self.class_weights is None else _class_weight_vector(self.class_weights, lq, self._label_map, qi)
+    fl = fl.mean() if w is None else (w * fl).sum() / w.sum()
+    return dict(focal_loss=fl, loss=fl, classes_in_batch=torch.tensor(float(len(classes))))
 
 # %% ../nbs/03_losses.ipynb #8d1c13ac
 def _fake_gather(fulls:list, rank:int, world_size:int) -> Callable:
@@ -784,17 +811,83 @@ def get_loss(name:str, # a registered name, e.g. "clip", "siglip", "hard_negativ
     try: return cls(**kwargs)
     except ConfigError as e: raise ConfigError(f"loss {name!r}: {e}") from None
 
+# %% ../nbs/03_losses.ipynb #75aabda4
+RUN_ARGS = ('rank', 'world_size', 'gather_fn')  # set by the run (clip_workbench.distributed.loss_kwargs), not by a config
+
+def _loss_key(name) -> str: return str(name).lower().replace('-', '_')
+def _is_combined(name) -> bool: return 'combined' in LOSSES and LOSSES.get(_loss_key(name)) is LOSSES['combined']
+def _loss_names() -> list: return list(dict.fromkeys(c.loss_name for c in LOSSES.values()))  # without aliases
+
+def _config_args(cls) -> list:
+    "The arguments of a loss class that a config may set."
+    return [a for a in _accepted_args(cls) if a not in RUN_ARGS]
+
+def _dym(key, options) -> str:
+    close = [o for o in options if o.startswith(str(key))][:1] or difflib.get_close_matches(str(key), options, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ''
+
+def _parts(losses:dict) -> dict:
+    "A combined loss's parts with every part given by name turned into a kwargs dict (copies; modules kept)."
+    return {p: {'loss': s} if isinstance(s, str) else dict(s) if isinstance(s, dict) else s for p, s in losses.items()}
+
+# %% ../nbs/03_losses.ipynb #b5893ff0
+def _with_temperature(name, kwargs:dict, temperature:Optional[float]) -> dict:
+    "kwargs plus the config's temperature where the loss (a combined loss: each part) takes one and kwargs do not set it."
+    kw = dict(kwargs)
+    if temperature is None or _loss_key(name) not in LOSSES: return kw
+    if _is_combined(name):
+        if isinstance(kw.get('losses'), dict):
+            kw['losses'] = {p: _with_temperature(s.get('loss', p), s, temperature) if isinstance(s, dict) else s for p, s in _parts(kw['losses']).items()}
+    elif 'temperature' in _accepted_args(LOSSES[_loss_key(name)]) and not {'temperature', 'base_temperature'} & set(kw):
+        kw['temperature'] = temperature
+    return kw
+
+def _construct_error(cls, kwargs:dict) -> Optional[str]:
+    "The message of the error building the loss on the CPU raises, or None."
+    try:
+        with torch.device('cpu'): cls(**kwargs)
+    except (ConfigError, DataError, TypeError, ValueError) as e: return str(e)
+
+# %% ../nbs/03_losses.ipynb #79c6a1d9
+def _check_loss(name, kwargs, where:str='') -> type:
+    "Check one loss (or a part of a combined loss, `where` naming it); return its class."
+    field = 'loss_kwargs' if where else 'loss'
+    if not isinstance(name, str) or _loss_key(name) not in LOSSES:
+        raise ConfigError(f"config field {field!r}: {where}got {name!r}; known: {', '.join(_loss_names())}{_dym(_loss_key(name), list(LOSSES))}")
+    cls = LOSSES[_loss_key(name)]
+    if not isinstance(kwargs, dict): raise ConfigError(f"config field 'loss_kwargs': {where}got {kwargs!r}; allowed: a mapping of argument -> value")
+    ok = _config_args(cls)
+    for k in kwargs:
+        if k in RUN_ARGS: raise ConfigError(f"config field 'loss_kwargs': {where}{k!r} is set by the run when it uses several processes, not by a config; remove it")
+        if k not in ok: raise ConfigError(f"config field 'loss_kwargs': {where}{k!r} is not an argument of loss {name!r}; it takes: {', '.join(ok)}{_dym(k, ok)}")
+    ps = inspect.signature(cls.__init__).parameters.values()
+    missing = [p.name for p in ps if p.default is p.empty and p.name != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in kwargs]
+    if missing:
+        eg = getattr(cls, 'config_example', None)
+        raise ConfigError(f"config field 'loss_kwargs': {where}loss {name!r} needs {', '.join(map(repr, missing))}{f' (e.g. loss_kwargs: {eg})' if eg else ''}")
+    if _is_combined(name) and isinstance(kwargs['losses'], dict):
+        for part, spec in _parts(kwargs['losses']).items():
+            if isinstance(spec, dict): _check_loss(spec.get('loss', part), {k: v for k, v in spec.items() if k != 'loss'}, f"{where}losses.{part}: ")
+    err = _construct_error(cls, kwargs)
+    if err: raise ConfigError(f"config field 'loss_kwargs': {where}loss {name!r}: {err}")
+    return cls
+
+def check_loss_config(name:str, # the config's `loss`
+                      kwargs:dict, # the config's `loss_kwargs`
+                      temperature:Optional[float]=None # the config's `temperature`, added as `loss_from_config` adds it (None: not added)
+                     ) -> None:
+    "Refuse a config's loss name or arguments with a ConfigError naming the field, before any model loads."
+    _check_loss(name, _with_temperature(name, kwargs, temperature) if isinstance(kwargs, dict) else kwargs)
+
 # %% ../nbs/03_losses.ipynb #adc58bde
 def loss_from_config(cfg:CLIPFinetuningConfig,
                      **extra # more arguments, e.g. `clip_workbench.distributed.loss_kwargs(info)` (a combined loss: for each part)
                     ) -> ImageTextLoss:
     "The loss a config asks for: `cfg.loss` with `cfg.loss_kwargs`, and `cfg.temperature` unless loss_kwargs sets it."
-    kw = dict(cfg.loss_kwargs)
-    key = str(cfg.loss).lower().replace('-', '_')
-    if key in LOSSES and 'temperature' in _accepted_args(LOSSES[key]) and not {'temperature', 'base_temperature'} & set(kw):
-        kw['temperature'] = cfg.temperature
-    if extra and key in LOSSES and LOSSES[key] is LOSSES.get('combined'):  # CombinedLoss, registered below
-        kw['losses'] = {n: dict(part, **extra) if isinstance(part, dict) else part for n, part in kw.get('losses', {}).items()}
+    kw = _with_temperature(cfg.loss, dict(cfg.loss_kwargs), cfg.temperature)
+    check_loss_config(cfg.loss, kw)
+    if extra and _is_combined(cfg.loss):
+        kw['losses'] = {n: dict(part, **extra) if isinstance(part, dict) else part for n, part in _parts(kw.get('losses', {})).items()}
     else: kw.update(extra)
     return get_loss(cfg.loss, **kw)
 
@@ -802,6 +895,7 @@ def loss_from_config(cfg:CLIPFinetuningConfig,
 @register_loss('combined', 'sum')
 class CombinedLoss(ImageTextLoss):
     "A weighted sum of losses; each part's terms are reported as '<name>/<term>'."
+    config_example = '{losses: {clip: {}, hard_negative: {mining_strategy: hard}}, weights: {hard_negative: 0.5}}'
     def __init__(self,
                  losses:dict, # name -> loss module, or name -> kwargs dict for get_loss(name) (a 'loss' key picks another registered loss)
                  weights:Optional[dict]=None # name -> weight (default 1)
@@ -855,21 +949,29 @@ def __mul__(self:ImageTextLoss, w:float):
 ImageTextLoss.__rmul__ = ImageTextLoss.__mul__
 
 # %% ../nbs/03_losses.ipynb #9aa95e5c
-def _sample_param(name:str, spec, rng:random.Random):
-    "Draw one value from a search-space entry."
+def _space_values(name:str, spec) -> list:
+    "The values that bound a search-space entry (its choices, the ends of its range, or the constant); refuse a malformed entry."
     if isinstance(spec, list):
         if not spec: raise ConfigError(f"search space {name!r}: empty list of choices")
-        return rng.choice(spec)
+        return spec
     if isinstance(spec, tuple):
         if len(spec) not in (2, 3) or (len(spec) == 3 and spec[2] not in ('log', 'linear')):
             raise ConfigError(f"search space {name!r}: a range is (low, high) or (low, high, 'log'), got {spec!r}")
         lo, hi = spec[:2]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)): raise ConfigError(f"search space {name!r}: a range needs numbers, got {spec!r}")
         if not lo < hi: raise ConfigError(f"search space {name!r}: low must be < high, got {spec!r}")
-        if len(spec) == 3 and spec[2] == 'log':
-            if lo <= 0: raise ConfigError(f"search space {name!r}: a log range needs low > 0, got {spec!r}")
-            return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        return rng.randint(lo, hi) if isinstance(lo, int) and isinstance(hi, int) else rng.uniform(lo, hi)
-    return spec
+        if len(spec) == 3 and spec[2] == 'log' and lo <= 0: raise ConfigError(f"search space {name!r}: a log range needs low > 0, got {spec!r}")
+        return [lo, hi]
+    return [spec]
+
+def _sample_param(name:str, spec, rng:random.Random):
+    "Draw one value from a search-space entry."
+    vals = _space_values(name, spec)
+    if isinstance(spec, list): return rng.choice(spec)
+    if not isinstance(spec, tuple): return spec
+    lo, hi = vals
+    if len(spec) == 3 and spec[2] == 'log': return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    return rng.randint(lo, hi) if isinstance(lo, int) and isinstance(hi, int) else rng.uniform(lo, hi)
 
 # %% ../nbs/03_losses.ipynb #8ecafee5
 @dataclass
@@ -945,6 +1047,56 @@ def tune_loss_params(objective:Callable, # objective(params: dict, resource: int
     bt = (max if maximize else min)(last, key=last.get)
     return TuningResult(dict(params[bt]), last[bt], table, maximize, used, bt)
 
+# %% ../nbs/03_losses.ipynb #36aad9d8
+def merge_loss_params(loss_name:str, # the config's `loss`
+                      loss_kwargs:Optional[dict], # the config's `loss_kwargs` (not changed)
+                      params:dict # a trial's parameters: argument -> value, or 'part.argument' -> value for a combined loss
+                     ) -> dict:
+    "loss_kwargs with a trial's parameters set (a combined loss: 'part.argument' sets that part's argument)."
+    kw = dict(loss_kwargs or {})
+    for k, v in params.items():
+        part, dot, arg = str(k).partition('.')
+        if not (dot and _is_combined(loss_name)): kw[k] = v; continue
+        losses = _parts(kw.get('losses') or {})
+        if not isinstance(losses.get(part, {}), dict): raise ConfigError(f"{k!r}: part {part!r} of the combined loss is a loss module; its arguments cannot be set by name")
+        losses[part] = {**losses.get(part, {}), arg: v}
+        kw['losses'] = losses
+    return kw
+
+# %% ../nbs/03_losses.ipynb #ecd4b11c
+def _space_arg(name:str, loss_name:str, loss_kwargs:dict) -> None:
+    "Refuse a search-space name that is no argument of the loss (or of the named part of a combined loss)."
+    part, dot, arg = name.partition('.')
+    owner, ok, hint = loss_name, _config_args(LOSSES[_loss_key(loss_name)]), ''
+    if _is_combined(loss_name):
+        parts = loss_kwargs.get('losses') if isinstance(loss_kwargs.get('losses'), dict) else {}
+        hint = f"; name a part's argument as 'part.argument' (parts: {', '.join(parts)})"
+        if dot:
+            if part not in parts: raise ConfigError(f"config field 'tune_loss.space': {name!r}: the combined loss has no part {part!r}; parts: {', '.join(parts)}")
+            spec = _parts(parts)[part]
+            if not isinstance(spec, dict): raise ConfigError(f"config field 'tune_loss.space': {name!r}: part {part!r} is a loss module; its arguments cannot be tuned")
+            owner = spec.get('loss', part)
+            ok, name, hint = _config_args(LOSSES[_loss_key(owner)]), arg, ''
+    if name not in ok:
+        raise ConfigError(f"config field 'tune_loss.space': {name!r} is not an argument of loss {owner!r}; it takes: {', '.join(ok)}{_dym(name, ok)}{hint}")
+
+def check_tune_space(space:dict, # the search space as `tune_loss_params` takes it: name -> list | (low, high) | (low, high, 'log') | constant
+                     loss_name:str, # the config's `loss`
+                     loss_kwargs:Optional[dict]=None # the config's `loss_kwargs`, the fixed arguments of every trial
+                    ) -> None:
+    "Refuse a loss-tuning search space whose names, shapes or values the loss cannot take, with a ConfigError naming 'tune_loss.space'."
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"config field 'tune_loss.space': got {space!r}; allowed: a non-empty mapping of loss argument -> list of choices, range or constant")
+    kw = dict(loss_kwargs or {})
+    cls = _check_loss(loss_name, kw)
+    for name, spec in space.items():
+        _space_arg(str(name), loss_name, kw)
+        try: vals = _space_values(name, spec)
+        except ConfigError as e: raise ConfigError(f"config field 'tune_loss.space': {e}") from None
+        for v in vals:
+            err = _construct_error(cls, merge_loss_params(loss_name, kw, {name: v}))
+            if err: raise ConfigError(f"config field 'tune_loss.space': {name!r} = {v!r} is refused by loss {loss_name!r}: {err}")
+
 # %% ../nbs/03_losses.ipynb #e099c874
 def linear_adapter_objective(train:tuple, # (image_features, text_features[, labels]) of the training split
                              val:tuple, # (image_features, text_features) of the validation split
@@ -963,7 +1115,7 @@ def linear_adapter_objective(train:tuple, # (image_features, text_features[, lab
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         adapter = nn.Linear(ti.shape[1], tt.shape[1], bias=False)
-        loss_fn = get_loss(loss, **{**(fixed or {}), **params})
+        loss_fn = get_loss(loss, **merge_loss_params(loss, fixed, params))
         opt = torch.optim.Adam([*adapter.parameters(), *loss_fn.parameters()], lr=lr)
         for _ in range(resource * steps_per_unit):
             idx = torch.randperm(len(ti), generator=g)[:batch_size]

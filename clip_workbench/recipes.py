@@ -19,7 +19,7 @@ from .domains import DomainPreset, get_domain
 # %% auto #0
 __all__ = ['FAMILIES', 'CLIP_MODEL_TYPES', 'NAMED_FAMILIES', 'MODEL_RECIPES', 'MIN_STEPS_PER_EPOCH', 'MIN_BATCH_SIZE',
            'STEP_BUDGET', 'WARMUP_FRACTION', 'DOMAIN_FIELDS', 'DataSummary', 'summarize_data', 'family_of_config',
-           'model_family', 'batch_rule', 'epochs_rule', 'Recipe', 'resolve_recipe']
+           'model_family', 'batch_rule', 'epochs_rule', 'Recipe', 'tune_space', 'check_data_fit', 'resolve_recipe']
 
 # %% ../nbs/05a_recipes.ipynb #fb448a92
 @dataclass
@@ -210,6 +210,31 @@ def _resolve_rows(cfg:CLIPFinetuningConfig, family:str, data:DataSummary, domain
     pick('batchnorm', rec['batchnorm'][0], 'model recipe', rec['batchnorm'][1])
     return rows
 
+# %% ../nbs/05a_recipes.ipynb #71456d33
+def tune_space(space:dict # config `tune_loss.space`: name -> list of choices, or {low, high, log}
+              ) -> dict:
+    "The search space of `clip_workbench.losses.tune_loss_params` from a config's (YAML has lists, not tuples): ranges become tuples."
+    def one(name, v):
+        if not isinstance(v, dict): return v
+        if not {'low', 'high'} <= set(v) <= {'low', 'high', 'log'}:
+            raise ConfigError(f"config field 'tune_loss': space entry {name!r}: got {v!r}; a range is {{low: number, high: number}}, with log: true for a log scale")
+        return (v['low'], v['high'], 'log') if v.get('log') else (v['low'], v['high'])
+    return {k: one(k, v) for k, v in space.items()}
+
+def check_data_fit(cfg:CLIPFinetuningConfig, # a resolved config
+                   data:DataSummary # the training data it will run on
+                  ) -> CLIPFinetuningConfig:
+    "Refuse settings these data cannot serve (balanced sampling or a class-prompt loss without labels); check the resolved loss and its tuning space."
+    from clip_workbench.losses import LOSSES, ClassPromptLoss, FocalLoss, check_loss_config, check_tune_space
+    if not data.labelled:
+        what = f"{data.unlabelled} of the {data.n_train} training records have no label" if data.unlabelled else f"the training records hold {len(data.class_counts)} class"
+        fix = "label every record (class folders, or a label column)"
+        if cfg.sampler == 'balanced': raise ConfigError(f"config field 'sampler': 'balanced' draws each class equally often and needs labels, but {what}; {fix}, or use sampler: shuffle")
+        if LOSSES.get(cfg.loss.lower().replace('-', '_')) in (ClassPromptLoss, FocalLoss): raise ConfigError(f"config field 'loss': {cfg.loss!r} scores each image against its class prompts and needs labels, but {what}; {fix}, or use loss: clip")
+    check_loss_config(cfg.loss, cfg.loss_kwargs, cfg.temperature)
+    if cfg.tune_loss: check_tune_space(tune_space(cfg.tune_loss['space']), cfg.loss, cfg.loss_kwargs)
+    return cfg
+
 # %% ../nbs/05a_recipes.ipynb #d6905825
 def _other_rows(cfg:CLIPFinetuningConfig, domain:DomainPreset) -> list:
     "Rows of the domain's prompts and augmentation and of the fields that keep their defaults."
@@ -217,7 +242,7 @@ def _other_rows(cfg:CLIPFinetuningConfig, domain:DomainPreset) -> list:
     more = f' (+{len(domain.templates) - 1} more)' if len(domain.templates) > 1 else ''
     rows = [('prompts', domain.templates[0] + more, 'domain', f"the {domain.name!r} preset's templates"),
             ('augmentation', domain.augmentation, 'domain', f"the {domain.name!r} preset's policy")]
-    for name in ('weight_decay', 'temperature', 'image_resolution', 'mixed_precision', 'gradient_accumulation_steps', 'max_grad_norm'):
+    for name in ('weight_decay', 'temperature', 'image_resolution', 'mixed_precision', 'gradient_accumulation_steps', 'max_grad_norm', 'sampler'):
         v, changed = getattr(cfg, name), getattr(cfg, name) != getattr(default, name)
         rows.append((name, v, 'user' if changed else 'default', 'set in the config' if changed else 'the default'))
     return rows
@@ -232,4 +257,5 @@ def resolve_recipe(config:CLIPFinetuningConfig, # the config as the user wrote i
     rows = _resolve_rows(config, family, data, domain)
     resolved = config.to_dict() | {n: v for n, v, _, _ in rows}
     if domain.loss is not None and config.loss is None and domain.loss_kwargs and not config.loss_kwargs: resolved['loss_kwargs'] = dict(domain.loss_kwargs)
-    return Recipe(CLIPFinetuningConfig.from_dict(resolved, source='resolved recipe'), family, data, domain, rows + _other_rows(config, domain))
+    cfg = check_data_fit(CLIPFinetuningConfig.from_dict(resolved, source='resolved recipe'), data)
+    return Recipe(cfg, family, data, domain, rows + _other_rows(config, domain))

@@ -26,7 +26,8 @@ from starlette.requests import ClientDisconnect
 from .core import CLIPFinetuningError, ConfigError, DataError, ModelLoadError
 from .data import _open_image, processor_image_size, split_processor, text_max_length
 from .domains import get_domain
-from .evaluate import _model_device, _model_dtype, _text_padding, ensemble_text_embeddings
+from .evaluate import (_model_device, _model_dtype, _text_padding, class_probabilities, class_prompts,
+    ensemble_text_embeddings, logit_scale_of)
 from .models import image_features, load_model, load_processor, text_features
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,7 @@ class TorchBackend:
         tok = split_processor(processor)[1] if processor is not None else None
         self.max_text_length = text_max_length(tok, None, getattr(tcfg, 'max_position_embeddings', None)) if tok is not None else 77
         self.text_padding = _text_padding(model)
-        ls = getattr(model, 'logit_scale', None)
-        self.logit_scale = float(ls.detach().float().exp()) if isinstance(ls, torch.Tensor) else 100.0
+        self.logit_scale = logit_scale_of(model)
 
     @torch.inference_mode()
     def image_features(self, pixel_values) -> torch.Tensor:
@@ -87,7 +87,7 @@ class OnnxBackend:
         self.encoders = OnnxEncoders(folder, providers=providers, threads=threads)
         self.folder, self.max_text_length = Path(folder), self.encoders.max_text_length
         self.text_padding = self.encoders.manifest.get('text_padding', 'longest')
-        self.logit_scale = float(self.encoders.logit_scale.exp())
+        self.logit_scale = logit_scale_of(self.encoders)
 
     def image_features(self, pixel_values) -> torch.Tensor: return self.encoders.image_features(pixel_values)
     def text_features(self, input_ids, attention_mask=None) -> torch.Tensor: return self.encoders.text_features(input_ids, attention_mask)
@@ -522,6 +522,7 @@ async def parse(self, request:Request, schema) -> tuple:
                 blobs.append(await v.read())
             elif k in lists: d.setdefault(k, []).append(v)
             else: d[k] = v
+        if 'labels' in d: d['labels'] = [l.strip() for v in d['labels'] for l in v.split(',') if l.strip()]  # labels=a,b,c as on the command line
         if 'images' in d: raise ServeError(422, "images: in a multipart request send images as file parts named 'images'", param='images')
         if blobs or schema is not EmbeddingsRequest: d['images'] = [''] * len(blobs)  # placeholders; the bytes are in `blobs`
         req = self.validate(schema, d)
@@ -606,14 +607,14 @@ async def similarity(self, request:Request) -> dict:
     sim = F.normalize(i, dim=-1) @ F.normalize(t, dim=-1).T
     scale = self.backend.logit_scale
     return dict(object='similarity', model=self.name, similarity=sim.tolist(), logit_scale=scale,
-                probabilities=(scale * sim).softmax(-1).tolist(), truncated=[k for k, f in enumerate(flags) if f])
+                probabilities=class_probabilities(i, t, scale).tolist(), truncated=[k for k, f in enumerate(flags) if f])
 
 @patch_to(_Server)
 async def class_embeddings(self, labels:list, templates:list) -> torch.Tensor:
     "Prompt-ensemble class embeddings [C, d], cached by (labels, templates)."
     key = (tuple(labels), tuple(templates))
     if key in self.class_cache: self.class_cache.move_to_end(key); return self.class_cache[key]
-    prompts = [t.format(c) for c in labels for t in templates]
+    prompts = class_prompts(labels, templates)
     t, *_ = await self.encode_texts_unlimited(prompts)
     emb = ensemble_text_embeddings(t.reshape(len(labels), len(templates), -1))
     self.class_cache[key] = emb
@@ -647,7 +648,7 @@ async def classify(self, request:Request) -> dict:
     names = [preset.canonical_class(l) for l in req.labels]
     _, i, _, _ = await self.encode([], req.images, blobs)
     cls = await self.class_embeddings(names, list(templates))
-    probs = (self.backend.logit_scale * F.normalize(i, dim=-1) @ cls.T).softmax(-1)
+    probs = class_probabilities(i, cls, self.backend.logit_scale)   # the formula of evaluate.zero_shot_probabilities
     k = min(req.top_k, len(req.labels))
     top = probs.topk(k, dim=-1)
     data = [dict(object='classification', index=n, predictions=[dict(label=req.labels[c], probability=p) for p, c in zip(ps, cs)])

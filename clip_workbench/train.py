@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #8ea2626f
 from __future__ import annotations
-import csv, itertools, json, math, os, random, sys, time
+import csv, importlib.util, itertools, json, math, os, random, sys, time
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -21,8 +21,8 @@ __all__ = ['EVENTS', 'CancelFit', 'Callback', 'tower_of', 'param_groups', 'lr_fa
            'freeze_batchnorm', 'compile_blocks', 'atomic_save', 'latest_checkpoint', 'CheckpointCallback',
            'EvalCallback', 'BestModelCallback', 'EarlyStopping', 'recompute_batchnorm', 'PreciseBatchNorm',
            'LinearProbe', 'ProgressCallback', 'LogCallback', 'TensorBoardCallback', 'plot_history',
-           'parse_resolution_schedule', 'ResolutionSchedule', 'CLIPFinetuningController', 'config_splits',
-           'run_warnings']
+           'parse_resolution_schedule', 'ResolutionSchedule', 'CLIPFinetuningController', 'validate_run',
+           'config_splits', 'run_warnings']
 
 # %% ../nbs/05_train.ipynb #9bd9d279
 EVENTS = ('before_fit', 'before_epoch', 'before_batch', 'after_step', 'after_batch', 'after_epoch', 'after_fit')
@@ -530,9 +530,8 @@ class CLIPFinetuningController:
                  progress:bool=True # show the recipe and a progress bar while training
                 ):
         from clip_workbench.distributed import init_distributed
-        from clip_workbench.domains import get_domain
         self.config = self.user_config = config
-        self.domain, self.progress, self.recipe = get_domain(config.domain), progress, None
+        self.domain, self.progress, self.recipe = validate_run(config), progress, None  # before anything loads
         if descriptions is None and config.data_path is None:  # the bundled textile set: its class descriptions, whatever is called first
             from clip_workbench.data import TEXTILE_DESCRIPTIONS
             descriptions = dict(TEXTILE_DESCRIPTIONS)
@@ -546,9 +545,32 @@ class CLIPFinetuningController:
             kw = dict(image_size=config.image_resolution) if config.model_name in SPECIAL_MODELS else {}
             model, processor = load_model(config.model_name, device=self.device, **kw)
         self.model, self.processor, self.trainer = model.to(self.device), processor, None
+        self.memory_options = None
+        if config.gradient_checkpointing or config.attention_chunk_size:
+            from clip_workbench.memory import apply_memory_options
+            self.memory_options = apply_memory_options(self.model, config.gradient_checkpointing, config.attention_chunk_size)
         if self.dist.distributed: seed_everything(config.seed + self.dist.rank)  # the weights are synced; dropout differs per process
 
 # %% ../nbs/05_train.ipynb #0c6fd91e
+def validate_run(cfg:CLIPFinetuningConfig) -> 'DomainPreset':
+    "Check a run before any model or data loads: every field, the domain (or its file), the loss and its arguments, optional packages; return the domain."
+    from clip_workbench.domains import get_domain
+    from clip_workbench.losses import check_loss_config, check_tune_space
+    from clip_workbench.recipes import tune_space
+    cfg.validate()
+    if cfg.data_path and not Path(cfg.data_path).exists():
+        raise ConfigError(f"config field 'data_path': {cfg.data_path} does not exist; give a CSV, JSON, JSONL, folder or class-folder tree, or null for the bundled data")
+    domain = get_domain(cfg.domain)
+    loss, kwargs = cfg.loss or domain.loss, cfg.loss_kwargs or (domain.loss_kwargs if not cfg.loss else {})
+    if loss: check_loss_config(loss, kwargs, cfg.temperature)  # a null loss is the recipe's, checked once the data is known (resolve_recipe)
+    if loss and cfg.tune_loss: check_tune_space(tune_space(cfg.tune_loss['space']), loss, kwargs)
+    if cfg.log_to == 'tensorboard' and importlib.util.find_spec('tensorboard') is None:
+        raise ConfigError("config field 'log_to': 'tensorboard' needs the tensorboard package: pip install 'clip_workbench[tensorboard]' (or pip install tensorboard)")
+    if cfg.early_stopping and int(os.environ.get('WORLD_SIZE', 1)) > 1:
+        raise ConfigError("config field 'early_stopping': not available under torchrun yet (only the first process evaluates, so the others cannot stop with it); "
+                          "drop it, or train on one process")
+    return domain
+
 def config_splits(cfg:CLIPFinetuningConfig) -> tuple:
     "Train, validation and test records from a config's data fields (validated; bad records skipped and reported)."
     from clip_workbench.data import load_records, split_records, textile_records, validate_records
@@ -583,8 +605,10 @@ def class_prompts(self:CLIPFinetuningController, records) -> list:
 
 # %% ../nbs/05_train.ipynb #4e76dd4c
 @patch
-def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_names=None) -> Trainer:
-    from clip_workbench.data import ImageTextDataset, make_augmentation, make_dataloader
+def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_names=None,
+                   trial:bool=False # a tuning trial: no checkpoints, logs, best model or progress bar
+                  ) -> Trainer:
+    from clip_workbench.data import ClassBalancedSampler, ImageTextDataset, make_augmentation, make_dataloader
     from clip_workbench.distributed import DistributedStep, distributed_loader, loss_kwargs, min_over_processes
     from clip_workbench.losses import loss_from_config
     from clip_workbench.memory import MemoryManager
@@ -600,16 +624,20 @@ def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_na
     else:  # per process, with a loss of its own (trial steps must not wait for the other processes), the smallest of all
         per = mm.find_batch_size(self.model, loss_from_config(cfg).to(self.device), max_batch_size=256).batch_size
         bs = info.world_size * min(min_over_processes(per, info), len(ds) // info.world_size)
-    if info.distributed: dl = distributed_loader(ds, bs, info, seed=cfg.seed, device=self.device)
+    smp = ClassBalancedSampler(ds, seed=cfg.seed, rank=info.rank, num_replicas=info.world_size) if cfg.sampler == 'balanced' else None
+    if info.distributed: dl = distributed_loader(ds, bs, info, seed=cfg.seed, device=self.device, sampler=smp)
+    elif smp: dl = make_dataloader(ds, bs, sampler=smp, seed=cfg.seed, drop_last=len(smp) > bs, device=self.device)
     else: dl = make_dataloader(ds, bs, shuffle=True, seed=cfg.seed, drop_last=len(ds) > bs, device=self.device)
     step = mm.step_strategy(batch_size=bs // info.world_size, micro_batches=cfg.gradient_accumulation_steps)
     if info.distributed: step = DistributedStep(step)
     eval_fn = (lambda model: self._val_metrics(val)) if val and info.is_main else None
     every = None if cfg.eval_steps == 'epoch' else cfg.eval_steps
     cbs = [LinearProbe(cfg.probe_epochs)] if cfg.probe_epochs else []
-    if info.is_main:  # one process writes and evaluates
+    if info.is_main and not trial:  # one process writes and evaluates
         cbs += [LogCallback(out, cfg.logging_steps), CheckpointCallback(out/'checkpoints', cfg.save_steps)] + ([ProgressCallback()] if self.progress else [])
         if eval_fn: cbs += [EvalCallback(eval_fn, every), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
+        if eval_fn and cfg.early_stopping: cbs.append(EarlyStopping(**{'metric': 'accuracy', 'mode': 'max', **cfg.early_stopping}))
+        if cfg.log_to == 'tensorboard': cbs.append(TensorBoardCallback(out/'tensorboard'))
     if cfg.resolution_schedule: cbs.append(ResolutionSchedule(cfg.resolution_schedule, self.processor))  # every process
     if info.is_main and cfg.batchnorm == 'precise' and _trainable_batchnorms(self.model): cbs.append(PreciseBatchNorm(cfg.precise_bn_batches, every))
     tower_lr = {t: getattr(cfg, f'{t}_learning_rate') for t in ('vision', 'text') if getattr(cfg, f'{t}_learning_rate')}
@@ -618,16 +646,51 @@ def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_na
                    callbacks=cbs, seed=cfg.seed, batchnorm='frozen' if cfg.batchnorm == 'frozen' else 'train')
 
 @patch
-def _val_metrics(self:CLIPFinetuningController, records) -> dict:
-    "Zero-shot accuracy, balanced accuracy and macro F1 on `records` through the domain's prompts."
+def _val_metrics(self:CLIPFinetuningController, records, model=None) -> dict:
+    "Zero-shot accuracy, balanced accuracy and macro F1 of `model` (default: the controller's) on `records` through the domain's prompts."
     from clip_workbench.evaluate import evaluate_model
-    r = evaluate_model(self.model, self.processor, records, metrics=['zero_shot'], class_names=self.class_names,
+    r = evaluate_model(model or self.model, self.processor, records, metrics=['zero_shot'], class_names=self.class_names,
                        templates=self.domain.templates, descriptions=self._descriptions(), progress=False)['zero_shot']
     return dict(accuracy=r['accuracy'], balanced_accuracy=r['balanced_accuracy'], macro_f1=r['macro']['f1'])
 
 @patch
 def _descriptions(self:CLIPFinetuningController) -> dict:
     return {c: (self.descriptions or {}).get(c) or self.domain.canonical_class(c) for c in self.class_names}
+
+# %% ../nbs/05_train.ipynb #abf88884
+@patch
+def tune_loss(self:CLIPFinetuningController, train, val, out:Path) -> 'TuningResult':
+    "Search `config.tune_loss['space']` over loss_kwargs on validation accuracy; the config then holds the best arguments; write tune_loss.json."
+    from dataclasses import replace
+    from clip_workbench.export import snapshot_weights
+    from clip_workbench.losses import merge_loss_params, tune_loss_params
+    from clip_workbench.recipes import tune_space
+    base, spec, start = self.config, self.config.tune_loss, snapshot_weights(self.model)
+    def objective(params:dict, epochs:int) -> float:
+        self.model.load_state_dict(start)
+        self.config = replace(base, loss_kwargs=merge_loss_params(base.loss, base.loss_kwargs, params), num_epochs=epochs, probe_epochs=min(base.probe_epochs or 0, epochs - 1),
+                              warmup_steps=round((base.warmup_steps or 0) * epochs / base.num_epochs))  # the run's schedule, shortened
+        self._build_trainer(train, val, out, trial=True).fit()
+        return self._val_metrics(val)['accuracy']
+    try: res = tune_loss_params(objective, tune_space(spec['space']), n_trials=spec.get('n_trials', 8), eta=spec.get('eta', 2), max_resource=base.num_epochs,
+                                budget=spec.get('budget'), maximize=True, seed=base.seed)
+    finally: self.model.load_state_dict(start); self.config = base
+    self.config = replace(base, loss_kwargs=merge_loss_params(base.loss, base.loss_kwargs, res.best_params))
+    if self.dist.is_main: (out/'tune_loss.json').write_text(json.dumps(dict(best_params=res.best_params, best_score=res.best_score, trials=res.table), indent=2, default=str))
+    return res
+
+@patch
+def wise_ft(self:CLIPFinetuningController, start_weights:dict, val, out:Path) -> dict:
+    "Score the WiSE-FT mixes at `config.wise_ft` on `val`; save the best mix to out/wise_ft, the sweep to wise_ft.json and wise_ft.png."
+    import matplotlib.pyplot as plt
+    from clip_workbench.export import plot_wise_ft, wise_ft, wise_ft_sweep
+    from clip_workbench.models import save_model
+    rows = wise_ft_sweep(start_weights, self.model, lambda m: self._val_metrics(val, m), alphas=self.config.wise_ft)
+    best = max(rows, key=lambda r: (r['accuracy'], r['alpha']))  # ties: the one closer to the fine-tuned model
+    save_model(wise_ft(start_weights, self.model, best['alpha']), self.processor, out/'wise_ft')
+    (out/'wise_ft.json').write_text(json.dumps(rows, indent=2))
+    if len(rows) > 1: fig = plot_wise_ft(rows, 'accuracy', title='WiSE-FT on validation'); fig.savefig(out/'wise_ft.png', dpi=100); plt.close(fig)
+    return dict(best_alpha=best['alpha'], best_val_accuracy=best['accuracy'], sweep=rows)
 
 # %% ../nbs/05_train.ipynb #819a836c
 def run_warnings(best:Optional[float], # best validation accuracy of the run (None: no validation)
@@ -655,8 +718,10 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
               output_path=None, # default: config.output_dir
               resume:bool=False # continue from the latest checkpoint in output_path/checkpoints
              ) -> dict:
-    "Fine-tune on the domain; save best and final models, logs and curves; return a summary."
+    "Fine-tune on the domain (tuning the loss first, WiSE-FT after, when the config asks); save best and final models, logs and curves; return a summary."
+    from dataclasses import replace
     from clip_workbench.distributed import barrier
+    from clip_workbench.export import snapshot_weights
     from clip_workbench.models import link_duplicates, save_model
     out, main = Path(output_path or self.config.output_dir), self.dist.is_main
     if train_dataset is None: train_dataset, val_dataset, self.test_records = self.load_data()
@@ -666,6 +731,15 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
     if main:
         self.config.save(out/'config.yaml'); recipe.save(out)
         if self.progress: print(recipe.table() + '\n', file=sys.stderr)  # beside the progress bar; stdout stays for results
+    self.start_weights = snapshot_weights(self.model) if self.config.wise_ft else None
+    if self.config.tune_loss:
+        tuned = out/'tune_loss.json'
+        if resume and tuned.is_file():  # tuned before the interruption: the same arguments
+            from clip_workbench.losses import merge_loss_params
+            best = json.loads(tuned.read_text())['best_params']
+            self.config = replace(self.config, loss_kwargs=merge_loss_params(self.config.loss, self.config.loss_kwargs, best))
+        else: self.tune_loss(train, val, out)
+        if main: self.config.save(out/'config.yaml')  # with the tuned loss_kwargs
     self.trainer = t = self._build_trainer(train, val, out)
     start = self._val_metrics(val) if val and main and not resume else None
     t.fit(resume_from=latest_checkpoint(out/'checkpoints') if resume else None)
@@ -673,6 +747,7 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
     if main and t.history:
         import matplotlib.pyplot as plt
         fig = plot_history(t.history); fig.savefig(out/'history.png', dpi=100); plt.close(fig)
+    wise = self.wise_ft(self.start_weights, val, out) if self.start_weights is not None and main else None
     barrier(self.dist)
     best = next((c for c in t.callbacks if isinstance(c, BestModelCallback)), None)
     best_acc = best.best if best else None
@@ -680,7 +755,9 @@ def fine_tune(self:CLIPFinetuningController, train_dataset=None, # training reco
                 processes=self.dist.world_size, skipped_steps=t.n_skipped_steps,
                 final_loss=t.history[-1]['loss'] if t.history else None,
                 start_val_accuracy=start['accuracy'] if start else None, best_val_accuracy=best_acc, best_step=best.best_step if best else None,
-                warnings=run_warnings(best_acc, start['accuracy'] if start else None, val))
+                warnings=run_warnings(best_acc, start['accuracy'] if start else None, val),
+                stopped_early=t.epoch < t.num_epochs,
+                **({'loss_kwargs': self.config.loss_kwargs} if self.config.tune_loss else {}), **({'wise_ft': wise} if wise else {}))
 
 @patch
 def evaluate_on_domain(self:CLIPFinetuningController, test_dataset=None, # test records (default: the config's test split)

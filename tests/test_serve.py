@@ -123,6 +123,26 @@ def test_classify(server):
     assert r.status_code == 200 and len(r.json()['data'][0]['predictions']) == 1
 
 
+def test_classify_multipart_comma_labels(server):
+    "A multipart labels=a,b,c field is three labels (as on the command line); a single label and repeated fields still work."
+    app, c = server
+    files = [('images', ('x.png', png_bytes(synthetic_image(0, 64)), 'image/png'))]
+    def post(labels):
+        r = c.post('/v1/classify', data={'labels': labels, 'top_k': '10'}, files=files)
+        assert r.status_code == 200, r.text
+        return {p['label']: p['probability'] for p in r.json()['data'][0]['predictions']}
+    got = post('ok, hole,stain')
+    assert sorted(got) == ['hole', 'ok', 'stain'], got
+    assert abs(sum(got.values()) - 1) < 1e-5
+    ref = c.post('/v1/classify', json={'images': [IMG], 'labels': ['ok', 'hole', 'stain'], 'top_k': 10}).json()['data'][0]['predictions']
+    assert all(abs(got[p['label']] - p['probability']) < 1e-6 for p in ref), (got, ref)   # the same numbers as the JSON list
+    assert post(['ok,hole', 'stain']) == got                      # repeated fields, each comma-separated
+    assert sorted(post(' ok , ,hole ,')) == ['hole', 'ok']        # whitespace stripped, empty entries dropped
+    assert list(post('hole')) == ['hole']                         # one label, no comma
+    s, m = error(c.post('/v1/classify', data={'labels': ' , '}, files=files))
+    assert s == 422 and 'labels' in m, m
+
+
 # ---------------------------------------------------------------- bad input
 
 BOMB = Image.new('L', (2000, 2000))   # 4 MP > the 1 MP cap, a few KB as PNG

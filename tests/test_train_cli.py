@@ -65,3 +65,55 @@ def test_evaluate_and_predict(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = [json.loads(l) for l in r.stdout.splitlines()]
     assert len(rows) == 12 and all(len(x['labels']) == 1 for x in rows)
+
+def test_yaml_config_with_every_optional_field(tmp_path):
+    "One YAML config turns on every capability the config reaches: each leaves its trace in the run folder or the summary."
+    dom = tmp_path / 'looms.yaml'
+    dom.write_text('name: looms\ndescription: woven fabric on a loom\ntemplates: ["a loom photo of {}."]\naugmentation: geometric\n')
+    cfg = tmp_path / 'cfg.yaml'
+    cfg.write_text(f"""model_name: tiny
+data_path: {SAMPLE}
+domain: {dom}
+image_resolution: 32
+batch_size: 4
+num_epochs: 3
+val_split: 0.25
+test_split: 0.25
+device: cpu
+mixed_precision: 'no'
+output_dir: {tmp_path / 'run'}
+loss: focal
+loss_kwargs: {{gamma: 1.0}}
+sampler: balanced
+gradient_checkpointing: true
+attention_chunk_size: 4
+early_stopping: {{metric: accuracy, patience: 5}}
+log_to: tensorboard
+wise_ft: [0.0, 0.5, 1.0]
+tune_loss: {{space: {{gamma: [0.5, 2.0]}}, n_trials: 2, budget: 3}}
+""")
+    r = run('train', '--config', str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout[r.stdout.index('{'):])
+    out = tmp_path / 'run'
+    saved = (out / 'config.yaml').read_text()
+    assert 'loss: focal' in saved and 'sampler: balanced' in saved and str(dom) in saved
+    assert summary['loss_kwargs']['gamma'] in (0.5, 2.0)                        # tune_loss chose one of its two trials
+    assert json.loads((out / 'tune_loss.json').read_text())['best_params'] == {'gamma': summary['loss_kwargs']['gamma']}
+    assert list((out / 'tensorboard').glob('events.out.tfevents.*'))             # log_to
+    assert [row['alpha'] for row in summary['wise_ft']['sweep']] == [0.0, 0.5, 1.0] and 'test' in summary['wise_ft']
+    assert (out / 'wise_ft' / 'config.json').is_file() and (out / 'eval_wise_ft' / 'results.json').is_file()
+    assert summary['stopped_early'] is False and summary['epochs'] == 3       # patience 5 never ran out in 3 epochs
+    assert 'sampler' in (out / 'recipe.txt').read_text()
+
+def test_bad_loss_setting_stops_before_anything_is_written(tmp_path):
+    "A bad loss is refused before the model loads; a loss the data cannot serve, once the data is read: either way nothing is written."
+    captions = tmp_path / 'captions.csv'  # free captions, no labels
+    captions.write_text('image_path,caption\n' + ''.join(f'{SAMPLE / "images" / p.name},a photo number {i}\n'
+                                                          for i, p in enumerate(sorted((SAMPLE / 'images').glob('*.jpg'))[:8])))
+    out = tmp_path / 'run'
+    for sets, says in [(['loss=combined'], "config field 'loss_kwargs': loss 'combined' needs"),
+                       (['loss=focal', f'data_path={captions}'], "config field 'loss': 'focal' scores each image against its class prompts and needs labels")]:
+        r = run(*tiny_args(out), *[a for s in sets for a in ('--set', s)])
+        assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert not out.exists()
