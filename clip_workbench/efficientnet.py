@@ -5,10 +5,13 @@
 # %% ../nbs/02a_efficientnet.ipynb #747b7473
 from __future__ import annotations
 import importlib, math
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Literal, Optional  # Literal: see EfficientNetLiteConfig's signature (show_doc)
+from typing import Callable, Literal, Optional  # Literal: see EfficientNetLiteConfig's signature (show_doc)
 
 import torch, torch.nn as nn, torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModel, PreTrainedModel, PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
@@ -16,8 +19,8 @@ from .core import ConfigError, ModelLoadError
 
 # %% auto #0
 __all__ = ['LITE_VARIANTS', 'LITE_BLOCKS', 'WEIGHTS_LICENSE', 'EFFICIENTNET_LITE_MEAN', 'EFFICIENTNET_LITE_STD', 'round_filters',
-           'EfficientNetLiteConfig', 'SameConv2d', 'MBConvBlock', 'EfficientNetLiteModel', 'efficientnet_lite_weights',
-           'pretrained_efficientnet_lite', 'efficientnet_lite_processor']
+           'EfficientNetLiteConfig', 'SameConv2d', 'MBConvBlock', 'checkpointed', 'EfficientNetLiteModel',
+           'efficientnet_lite_weights', 'pretrained_efficientnet_lite', 'efficientnet_lite_processor']
 
 # %% ../nbs/02a_efficientnet.ipynb #17e675fb
 LITE_VARIANTS = {'lite0': (1.0, 1.0, 224, 0.2), 'lite1': (1.0, 1.1, 240, 0.2), 'lite2': (1.1, 1.2, 260, 0.3),
@@ -87,6 +90,30 @@ class MBConvBlock(nn.Module):
             h = h / keep * torch.floor(keep + torch.rand(len(h), 1, 1, 1, dtype=h.dtype, device=h.device))
         return h + x
 
+# %% ../nbs/02a_efficientnet.ipynb #225303f4
+@contextmanager
+def _running_statistics_kept(module:nn.Module):
+    "Within the block, the BatchNorm layers of `module` leave their running statistics and batch count as they are."
+    bns = [(m, m.momentum, m.num_batches_tracked.item()) for m in module.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.num_batches_tracked is not None]
+    for m, _, _ in bns: m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged, and the same saved tensors
+    try: yield
+    finally:
+        for m, momentum, n in bns: m.momentum = momentum; m.num_batches_tracked.fill_(n)
+
+def checkpointed(block:nn.Module, # the module to recompute in the backward pass
+                 x:torch.Tensor, # its input: the only activation kept
+                 checkpoint_fn:Optional[Callable]=None # e.g. transformers' `_gradient_checkpointing_func`; default: non-reentrant torch checkpoint
+                ) -> torch.Tensor:
+    "`block(x)` under torch.utils.checkpoint, recomputed in the backward pass without updating BatchNorm statistics again."
+    calls = 0
+    def run(inp):
+        nonlocal calls
+        calls += 1
+        if calls == 1: return block(inp)  # the forward pass
+        with _running_statistics_kept(block): return block(inp)  # a recomputation
+    return (checkpoint_fn or partial(checkpoint, use_reentrant=False))(run, x)
+
 # %% ../nbs/02a_efficientnet.ipynb #9d3b57c2
 class EfficientNetLiteModel(PreTrainedModel):
     "EfficientNet-Lite as a transformers backbone: `last_hidden_state` (the head's feature map) and `pooler_output` (its average)."
@@ -94,6 +121,7 @@ class EfficientNetLiteModel(PreTrainedModel):
     base_model_prefix = 'efficientnet_lite'
     main_input_name = 'pixel_values'
     input_modalities = ('image',)
+    supports_gradient_checkpointing = True  # each of `_blocks` is recomputed in the backward pass (`checkpointed`)
 
     def __init__(self, config:EfficientNetLiteConfig):
         super().__init__(config)
@@ -108,6 +136,7 @@ class EfficientNetLiteModel(PreTrainedModel):
             cin = cout
         self._blocks = nn.ModuleList(MBConvBlock(*spec, config, config.drop_connect_rate * i / len(specs)) for i, spec in enumerate(specs))
         self._conv_head, self._bn1 = SameConv2d(cin, 1280, 1), bn(1280)
+        self.gradient_checkpointing = False  # switched by transformers' activation_checkpointing_enable / _disable
         self.post_init()
 
     @torch.no_grad()
@@ -121,8 +150,9 @@ class EfficientNetLiteModel(PreTrainedModel):
     def forward(self, pixel_values:torch.Tensor, output_hidden_states:Optional[bool]=None, return_dict:Optional[bool]=None, **kwargs):
         "Feature map of the head (1280 channels), its global average, and optionally the output of every block."
         h, hidden = F.relu6(self._bn0(self._conv_stem(pixel_values))), []
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self._blocks:
-            h = block(h)
+            h = checkpointed(block, h, getattr(self, '_gradient_checkpointing_func', None)) if ckpt else block(h)
             if output_hidden_states: hidden.append(h)
         h = F.relu6(self._bn1(self._conv_head(h)))
         return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=h, pooler_output=h.mean((2, 3)),

@@ -24,8 +24,9 @@ __all__ = ['PRECISIONS', 'DTYPES', 'MAX_LOGIT_SCALE', 'ATTENTION_CHUNKING', 'DEF
            'resolve_precision', 'autocast', 'grads_finite', 'Precision', 'forward_features', 'batch_labels',
            'loss_owns_temperature', 'loss_owns_bias', 'loss_inputs', 'compute_loss', 'StepStrategy', 'PlainStep',
            'AccumulationStep', 'GradientCacheStep', 'is_oom_error', 'OOMBackoff', 'gradient_checkpointing_enabled',
-           'set_gradient_checkpointing', 'query_chunked_attention', 'set_attention_chunking', 'synthetic_inputs',
-           'estimate_step_memory', 'BatchSizeResult', 'find_batch_size', 'MemoryManager']
+           'set_gradient_checkpointing', 'query_chunked_attention', 'attention_towers', 'set_attention_chunking',
+           'apply_memory_options', 'synthetic_inputs', 'estimate_step_memory', 'BatchSizeResult', 'find_batch_size',
+           'MemoryManager']
 
 # %% ../nbs/04_memory.ipynb #6ca63960
 _GB, _MB = 2**30, 2**20
@@ -527,16 +528,21 @@ def load_state_dict(self:OOMBackoff, state:dict):
     return self
 
 # %% ../nbs/04_memory.ipynb #f8ae45d6
-def _towers(towers) -> list:
+def _towers(towers, auto:bool=False) -> list:
     if towers == 'both': return ['vision', 'text']
     if towers in ('vision', 'text'): return [towers]
-    raise ConfigError(f"towers={towers!r}; allowed: 'vision', 'text' or 'both'")
+    raise ConfigError(f"towers={towers!r}; allowed: 'vision', 'text' or 'both'" + (", or 'auto' (the towers that have attention)" if auto else ''))
 
 def _tower(model, tower:str) -> nn.Module:
     "The encoder module of a tower (`vision_model` / `text_model`)."
     mod = getattr(model, f'{tower}_model', None)
     if not isinstance(mod, nn.Module): raise ConfigError(f"{type(model).__name__} has no {tower}_model: expected a CLIP-style model with vision_model and text_model")
     return mod
+
+def _checkpointable(mod:nn.Module) -> bool:
+    "Does a tower support transformers' gradient checkpointing?"
+    if isinstance(mod, PreTrainedModel): return bool(mod.supports_gradient_checkpointing)
+    return any(hasattr(m, 'gradient_checkpointing') for m in mod.modules())
 
 def gradient_checkpointing_enabled(model, towers:str='both') -> dict:
     "{tower: is gradient checkpointing on} for the chosen towers."
@@ -550,15 +556,17 @@ def set_gradient_checkpointing(model, # a CLIP-style model with transformers tow
     "Switch transformers' gradient checkpointing on or off for the chosen towers; returns {tower: on}."
     for t in _towers(towers):
         mod = _tower(model, t)
+        if not _checkpointable(mod):
+            other = 'text' if t == 'vision' else 'vision'
+            raise ConfigError(f"the {t} tower ({type(mod).__name__}) does not support gradient checkpointing in transformers; checkpoint the {other} "
+                              f"tower only (towers={other!r}), or use apply_memory_options, which checkpoints every tower that supports it")
         if isinstance(mod, PreTrainedModel):
-            if not mod.supports_gradient_checkpointing: raise ConfigError(f"the {t} tower ({type(mod).__name__}) does not support gradient checkpointing in transformers")
             if not enabled: (getattr(mod, 'activation_checkpointing_disable', None) or mod.gradient_checkpointing_disable)()
             elif hasattr(mod, 'activation_checkpointing_enable'): mod.activation_checkpointing_enable(activation_checkpointing_kwargs={'use_reentrant': False})
             else: mod.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})  # transformers < 5.20
         else:  # a plain module (older transformers): switch its layers' flags the way transformers does
-            flags = [m for m in mod.modules() if hasattr(m, 'gradient_checkpointing')]
-            if not flags: raise ConfigError(f"the {t} tower ({type(mod).__name__}) has no layers that support gradient checkpointing")
-            for m in flags:
+            for m in mod.modules():
+                if not hasattr(m, 'gradient_checkpointing'): continue
                 m.gradient_checkpointing = enabled
                 if enabled: m._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
     return gradient_checkpointing_enabled(model, towers)
@@ -650,19 +658,48 @@ AttentionMaskInterface.register(ATTENTION_CHUNKING, eager_mask)  # masks built f
 def _attention_modules(mod:nn.Module) -> list:
     return [m for m in mod.modules() if 'attention' in type(m).__name__.lower() and hasattr(m, 'config')]
 
+def attention_towers(model) -> list:
+    "The towers ('vision', 'text') of a CLIP-style model that have transformers attention layers; a convolutional one has none."
+    return [t for t in ('vision', 'text') if getattr(_tower(model, t), 'config', None) is not None and _attention_modules(_tower(model, t))]
+
+def _check_chunk_size(n, name:str='chunk_size'):
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"{name} must be an integer >= 1 (queries per block) or None (off), got {n!r}")
+
+def _no_attention(model, tower:str) -> str: return f"{type(_tower(model, tower)).__name__} has no attention layers"
+
+# %% ../nbs/04_memory.ipynb #9687d841
+def _chunking_towers(model, towers:str, switching_off:bool) -> tuple:
+    "(towers to switch, {tower: why it is skipped}) for set_attention_chunking's `towers`."
+    have = attention_towers(model)
+    if towers != 'auto':
+        for t in _towers(towers, auto=True):
+            if t in have: continue
+            others = [o for o in have if o != t]
+            hint = (f"chunk the {others[0]} tower instead (towers={others[0]!r}), or towers='auto' for every tower that has attention" if others else
+                    "no tower of this model has attention: save memory with gradient checkpointing, mixed precision or smaller micro-batches instead")
+            raise ConfigError(f"the {t} tower ({type(_tower(model, t)).__name__}) has no attention layers to chunk; {hint}")
+        return _towers(towers), {}
+    skipped = {t: f"skipped: {_no_attention(model, t)}" for t in ('vision', 'text') if t not in have}
+    if not have and not switching_off:
+        raise ConfigError(f"{type(model).__name__}: neither tower has attention layers to chunk ({_no_attention(model, 'vision')}; {_no_attention(model, 'text')}); "
+                          "save memory with gradient checkpointing, mixed precision or smaller micro-batches instead")
+    chosen = ['vision'] if 'vision' in have else have
+    if switching_off: chosen = [t for t in have if t in chosen or _tower(model, t).config._attn_implementation == ATTENTION_CHUNKING]
+    return chosen, skipped
+
+# %% ../nbs/04_memory.ipynb #cb262bd1
 def set_attention_chunking(model, # a CLIP-style model with transformers towers
                            chunk_size:Optional[int]=DEFAULT_ATTENTION_CHUNK, # queries per block; None switches chunking off
-                           towers:str='vision' # 'vision', 'text' or 'both'
+                           towers:str='auto' # 'auto' (vision if it has attention, else the towers that have it), 'vision', 'text' or 'both'
                           ) -> dict:
     "Compute the chosen towers' attention in blocks of `chunk_size` queries (None: back to the previous implementation); returns {tower: implementation}."
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ConfigError(f"chunk_size must be an integer >= 1 (queries per block) or None (off), got {chunk_size!r}")
+    _check_chunk_size(chunk_size)
+    chosen, skipped = _chunking_towers(model, towers, chunk_size is None)
     out = {}
-    for t in _towers(towers):
+    for t in chosen:
         mod = _tower(model, t)
-        cfg = getattr(mod, 'config', None)
-        if cfg is None or not _attention_modules(mod): raise ConfigError(f"the {t} tower ({type(mod).__name__}) has no transformers attention layers to chunk")
-        current = cfg._attn_implementation
+        cfg, current = mod.config, mod.config._attn_implementation
         if chunk_size is None: impl = getattr(mod, '_attn_before_chunking', current if current != ATTENTION_CHUNKING else 'sdpa')
         else:
             if current != ATTENTION_CHUNKING: mod._attn_before_chunking = current
@@ -671,8 +708,38 @@ def set_attention_chunking(model, # a CLIP-style model with transformers towers
         else: cfg._attn_implementation = impl
         if cfg._attn_implementation != impl:
             raise ConfigError(f"the {t} tower ({type(mod).__name__}) does not route its attention through transformers' AttentionInterface; it cannot be chunked")
+        for c in {id(m.config): m.config for m in _attention_modules(mod) if m.config is not cfg}.values():  # layers with their own config copy
+            c._attn_implementation = impl
+            if chunk_size is not None: c.attention_chunk_size = chunk_size
         out[t] = impl
-    return out
+    return {t: skipped.get(t, out.get(t)) for t in ('vision', 'text') if t in skipped or t in out}
+
+# %% ../nbs/04_memory.ipynb #edcdeafd
+def apply_memory_options(model, # a CLIP-style model (vision_model and text_model)
+                         gradient_checkpointing:bool=False, # checkpoint every tower that supports it (False: leave as it is)
+                         attention_chunk_size:Optional[int]=None # queries per block in every tower with attention (None: leave as it is)
+                        ) -> dict:
+    "Switch on a run's memory options wherever they apply; returns the towers each was enabled on, and the towers skipped and why."
+    if not isinstance(gradient_checkpointing, bool): raise ConfigError(f"gradient_checkpointing must be true or false, got {gradient_checkpointing!r}")
+    _check_chunk_size(attention_chunk_size, 'attention_chunk_size')
+    r = dict(gradient_checkpointing=[], attention_chunking=[], attention_chunk_size=attention_chunk_size, skipped={})
+    ckpt, attn = [t for t in ('vision', 'text') if _checkpointable(_tower(model, t))], attention_towers(model)
+    if gradient_checkpointing and not ckpt:
+        raise ConfigError(f"gradient_checkpointing: neither tower of this {type(model).__name__} supports it ({', '.join(type(_tower(model, t)).__name__ for t in ('vision', 'text'))}); set it to false")
+    if attention_chunk_size is not None and not attn:
+        raise ConfigError(f"attention_chunk_size={attention_chunk_size}: no tower of this {type(model).__name__} has attention layers "
+                          f"({_no_attention(model, 'vision')}; {_no_attention(model, 'text')}); set it to null, and save memory with "
+                          "gradient checkpointing, mixed precision or smaller micro-batches instead")
+    if gradient_checkpointing:
+        for t in ckpt: set_gradient_checkpointing(model, True, t)
+        r['gradient_checkpointing'] = ckpt
+        r['skipped']['gradient_checkpointing'] = {t: f"{type(_tower(model, t)).__name__} does not support gradient checkpointing" for t in ('vision', 'text') if t not in ckpt}
+    if attention_chunk_size is not None:
+        for t in attn: set_attention_chunking(model, attention_chunk_size, t)
+        r['attention_chunking'] = attn
+        r['skipped']['attention_chunking'] = {t: _no_attention(model, t) for t in ('vision', 'text') if t not in attn}
+    r['skipped'] = {k: v for k, v in r['skipped'].items() if v}
+    return r
 
 # %% ../nbs/04_memory.ipynb #f38b3b32
 def _sub_config(model, tower:str):
@@ -977,11 +1044,11 @@ def disable_gradient_checkpointing(self:MemoryManager, model, towers:str='both')
     return set_gradient_checkpointing(model, False, towers)
 
 @patch
-def enable_attention_chunking(self:MemoryManager, model, chunk_size:int=DEFAULT_ATTENTION_CHUNK, towers:str='vision') -> dict:
-    "Query-chunked attention for the chosen towers (see set_attention_chunking)."
+def enable_attention_chunking(self:MemoryManager, model, chunk_size:int=DEFAULT_ATTENTION_CHUNK, towers:str='auto') -> dict:
+    "Query-chunked attention for the chosen towers ('auto': the vision tower if it has attention, else those that have it; see set_attention_chunking)."
     return set_attention_chunking(model, chunk_size, towers)
 
 @patch
-def disable_attention_chunking(self:MemoryManager, model, towers:str='vision') -> dict:
+def disable_attention_chunking(self:MemoryManager, model, towers:str='auto') -> dict:
     "Back to the attention implementation the towers had before."
     return set_attention_chunking(model, None, towers)

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .core import ConfigError, ModelLoadError, get_device
-from .efficientnet import efficientnet_lite_processor, pretrained_efficientnet_lite
+from .efficientnet import checkpointed, efficientnet_lite_processor, pretrained_efficientnet_lite
 
 # %% auto #0
 __all__ = ['MODEL_CLASSES', 'SPECIAL_MODELS', 'TOWERS', 'image_features', 'text_features', 'minilm_path', 'minilm_tokenizer',
@@ -179,8 +179,9 @@ class DualEncoderModel(PreTrainedModel):
         self.vision_model = vision_model if vision_model is not None else AutoModel.from_config(config.vision_config)
         self.text_model = text_model if text_model is not None else AutoModel.from_config(config.text_config)
         for sub, cfg in ((self.vision_model, config.vision_config), (self.text_model, config.text_config)):
-            cfg._attn_implementation = sub.config._attn_implementation
-            sub.config = cfg  # one config object: changes (e.g. image_size) are saved with the model
+            cfg._attn_implementation, old = sub.config._attn_implementation, sub.config
+            for m in sub.modules():  # one config object for a tower and all its layers: changes (image_size, attention) reach each layer and are saved
+                if getattr(m, 'config', None) is old: m.config = cfg
         if config.text_pooling != 'pooler' and getattr(self.text_model, 'pooler', None) is not None: self.text_model.pooler = None
         self.visual_projection = nn.Linear(feature_dim(config.vision_config), config.projection_dim, bias=False)
         self.text_projection = nn.Linear(feature_dim(config.text_config), config.projection_dim, bias=False)
@@ -305,6 +306,7 @@ class ConvNetModel(PreTrainedModel):
     base_model_prefix = 'convnet'
     main_input_name = 'pixel_values'
     input_modalities = ('image',)
+    supports_gradient_checkpointing = True  # each stage is recomputed in the backward pass (`checkpointed`)
 
     def __init__(self, config:ConvNetConfig):
         super().__init__(config)
@@ -317,6 +319,7 @@ class ConvNetModel(PreTrainedModel):
                 c = width
             stages.append(nn.Sequential(*layers, nn.MaxPool2d(2)))
         self.stages = nn.ModuleList(stages)
+        self.gradient_checkpointing = False  # switched by transformers' activation_checkpointing_enable / _disable
         self.post_init()
 
     @torch.no_grad()
@@ -332,8 +335,9 @@ class ConvNetModel(PreTrainedModel):
     def forward(self, pixel_values:torch.Tensor, output_hidden_states:Optional[bool]=None, return_dict:Optional[bool]=None, **kwargs):
         "Feature map of the last stage, its global average, and optionally each stage's output."
         h, hidden = pixel_values, []
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for stage in self.stages:
-            h = stage(h)
+            h = checkpointed(stage, h, getattr(self, '_gradient_checkpointing_func', None)) if ckpt else stage(h)
             hidden.append(h)
         return BaseModelOutputWithPoolingAndNoAttention(last_hidden_state=h, pooler_output=h.mean((2, 3)),
                                                         hidden_states=tuple(hidden) if output_hidden_states else None)
