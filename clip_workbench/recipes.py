@@ -18,7 +18,7 @@ from .domains import DomainPreset, get_domain
 
 # %% auto #0
 __all__ = ['FAMILIES', 'CLIP_MODEL_TYPES', 'NAMED_FAMILIES', 'MODEL_RECIPES', 'MIN_STEPS_PER_EPOCH', 'MIN_BATCH_SIZE',
-           'STEP_BUDGET', 'WARMUP_FRACTION', 'DOMAIN_FIELDS', 'DataSummary', 'summarize_data', 'family_of_config',
+           'IMAGE_BUDGET', 'WARMUP_FRACTION', 'DOMAIN_FIELDS', 'DataSummary', 'summarize_data', 'family_of_config',
            'model_family', 'batch_rule', 'epochs_rule', 'Recipe', 'tune_space', 'check_data_fit', 'resolve_recipe']
 
 # %% ../nbs/05a_recipes.ipynb #fb448a92
@@ -116,7 +116,7 @@ MODEL_RECIPES = {
 # %% ../nbs/05a_recipes.ipynb #4556c58c
 MIN_STEPS_PER_EPOCH = 16
 MIN_BATCH_SIZE = 8
-STEP_BUDGET = {'clip': (400, 2, 30), 'pretrained-towers': (400, 3, 60), 'scratch': (800, 5, 200)}  # (steps, min epochs, max epochs)
+IMAGE_BUDGET = {'clip': (25_600, 2, 30), 'pretrained-towers': (12_800, 3, 60), 'scratch': (25_600, 5, 200)}  # (images seen, min epochs, max epochs)
 WARMUP_FRACTION = 0.05
 
 def batch_rule(n_train:int, # training records
@@ -126,10 +126,11 @@ def batch_rule(n_train:int, # training records
     cap = 2 ** int(math.log2(max(1, n_train // MIN_STEPS_PER_EPOCH)))
     return min(n_train, max(MIN_BATCH_SIZE, min(family_batch, cap)))
 
-def epochs_rule(steps_per_epoch:int, family:str) -> int:
-    "Epochs that reach the family's step budget, within its bounds."
-    steps, lo, hi = STEP_BUDGET[family]
-    return max(lo, min(hi, math.ceil(steps / steps_per_epoch)))
+def epochs_rule(n_train:int, # training records
+                family:str) -> int:
+    "Epochs that show the model the family's budget of images, within its bounds."
+    images, lo, hi = IMAGE_BUDGET[family]
+    return max(lo, min(hi, math.ceil(images / max(1, n_train))))
 
 # %% ../nbs/05a_recipes.ipynb #43bab0f5
 @dataclass
@@ -200,7 +201,8 @@ def _resolve_rows(cfg:CLIPFinetuningConfig, family:str, data:DataSummary, domain
     batch = pick('batch_size', batch_rule(data.n_train, rec['batch_size'][0]), 'data rule',
                  f"{rec['batch_size'][0]} ({rec['batch_size'][1]}), at most 1/{MIN_STEPS_PER_EPOCH} of the {data.n_train} training images")
     steps = max(1, data.n_train // batch) if isinstance(batch, int) else MIN_STEPS_PER_EPOCH  # 'max': not known before memory is measured
-    epochs = pick('num_epochs', epochs_rule(steps, family), 'data rule', f"about {STEP_BUDGET[family][0]} steps at {steps} steps per epoch")
+    budget, lo, hi = IMAGE_BUDGET[family]
+    epochs = pick('num_epochs', epochs_rule(data.n_train, family), 'data rule', f"about {budget:,} images seen: {budget / max(1, data.n_train):.0f} passes, within {lo} to {hi}")
     probe, why = rec['probe_epochs']
     if probe == 'rule': probe = max(1, round(epochs / 5)) if epochs > 1 else 0
     pick('probe_epochs', min(probe, max(0, epochs - 1)), 'model recipe' if rec['probe_epochs'][0] != 'rule' else 'data rule', why)

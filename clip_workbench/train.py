@@ -406,9 +406,10 @@ class PreciseBatchNorm(Callback):
 class LinearProbe(Callback):
     "Freeze both towers (not the projections or the temperature) for the first `epochs` epochs: a linear probe before fine-tuning."
     order = 5  # before anything that runs a training batch
-    def __init__(self, epochs:int # epochs with the towers frozen
+    def __init__(self, epochs:int, # epochs with the towers frozen
+                 warmup_steps:int=0 # steps over which the towers' learning rate ramps up again once they thaw
                 ):
-        self.epochs, self.frozen = epochs, []
+        self.epochs, self.warmup_steps, self.frozen = epochs, warmup_steps, []
 
     def _towers(self, t) -> list:
         return [p for name in ('vision_model', 'text_model') for p in getattr(t.model, name).parameters()]
@@ -418,6 +419,13 @@ class LinearProbe(Callback):
             self.frozen = [p for p in self._towers(t) if p.requires_grad]
             for p in self.frozen: p.requires_grad_(False)
         elif t.epoch >= self.epochs: self.after_fit(t)
+
+    def before_batch(self, t):
+        "Scale the towers' scheduled rate by the ramp's share in the first `warmup_steps` steps after the thaw."
+        since = t.step - self.epochs * len(t.train_dl)
+        if t.epoch < self.epochs or since >= self.warmup_steps: return
+        for g in t.opt.param_groups:
+            if g.get('tower') in ('vision', 'text'): g['lr'] *= (since + 1) / (self.warmup_steps + 1)
 
     def after_fit(self, t):
         for p in self.frozen: p.requires_grad_(True)
@@ -632,7 +640,7 @@ def _build_trainer(self:CLIPFinetuningController, train, val, out:Path, class_na
     if info.distributed: step = DistributedStep(step)
     eval_fn = (lambda model: self._val_metrics(val)) if val and info.is_main else None
     every = None if cfg.eval_steps == 'epoch' else cfg.eval_steps
-    cbs = [LinearProbe(cfg.probe_epochs)] if cfg.probe_epochs else []
+    cbs = [LinearProbe(cfg.probe_epochs, cfg.warmup_steps)] if cfg.probe_epochs else []
     if info.is_main and not trial:  # one process writes and evaluates
         cbs += [LogCallback(out, cfg.logging_steps), CheckpointCallback(out/'checkpoints', cfg.save_steps)] + ([ProgressCallback()] if self.progress else [])
         if eval_fn: cbs += [EvalCallback(eval_fn, every), BestModelCallback('accuracy', folder=out/'best', processor=self.processor)]
