@@ -17,7 +17,8 @@ from .data import AUGMENTATION_PRESETS
 from .losses import list_losses
 
 # %% auto #0
-__all__ = ['DOMAINS', 'DomainPreset', 'normalize_class_name', 'register_domain', 'get_domain', 'load_domain', 'domain_template']
+__all__ = ['DOMAINS', 'BUILT_IN_DOMAINS', 'DomainPreset', 'normalize_class_name', 'register_domain', 'get_domain', 'load_domain',
+           'domain_template']
 
 # %% ../nbs/07_domains.ipynb #6bf90bc9
 @dataclass
@@ -89,10 +90,12 @@ register_domain(DomainPreset('scientific', 'figures, micrographs and instrument 
     templates=['a scientific image of {}.', 'a micrograph of {}.', 'a figure showing {}.'],
     augmentation='light', metrics=['zero_shot', 'retrieval']))
 
+BUILT_IN_DOMAINS = tuple(DOMAINS)  # the presets that ship, before any user registers one
+
 def get_domain(name:str # a registered name, or the path of a domain YAML file (see `load_domain`)
               ) -> DomainPreset:
-    "A registered preset by name, or one read from a YAML file; the error lists the names there are."
-    if str(name).endswith(('.yaml', '.yml')): return load_domain(name)
+    "A registered preset by name, or one read from a YAML file (not registered: reading a run's config changes nothing); the error lists the names there are."
+    if str(name).endswith(('.yaml', '.yml')): return load_domain(name, register=False)
     if name not in DOMAINS: raise ConfigError(f"config field 'domain': unknown domain {name!r}; known: {', '.join(DOMAINS)} (or register one with register_domain / load_domain)")
     return DOMAINS[name]
 
