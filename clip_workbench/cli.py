@@ -68,12 +68,11 @@ def cmd_train(args) -> int:
     if args.help_config:
         from clip_workbench.core import config_reference
         print(config_reference()); return 0
-    from clip_workbench.train import validate_run
     cfg = load_config(args.config, args.set or [])
-    validate_run(cfg)  # before any model or data loads; nothing is written on an error
     if args.dry_run:
         from clip_workbench.recipes import resolve_recipe
-        from clip_workbench.train import config_splits
+        from clip_workbench.train import config_splits, validate_run
+        validate_run(cfg)  # the controller runs it first otherwise: before any model or data loads, nothing written on an error
         train, val, _ = config_splits(cfg)
         print(resolve_recipe(cfg, cfg.model_name, train, val).table())
         return 0
