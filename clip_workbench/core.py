@@ -15,7 +15,8 @@ from fastcore.basics import patch
 # %% auto #0
 __all__ = ['MIXED_PRECISION', 'LOCK_CHOICES', 'BATCHNORM_MODES', 'SAMPLERS', 'LOGGERS', 'VAL_METRICS', 'CLIPFinetuningError',
            'ConfigError', 'DataError', 'ModelLoadError', 'MemoryConstraintError', 'CLIPFinetuningConfig',
-           'config_reference', 'get_device', 'device_report', 'seed_everything']
+           'config_reference', 'get_device', 'device_report', 'model_device', 'model_dtype', 'to_device',
+           'seed_everything', 'rng_state', 'set_rng_state']
 
 # %% ../nbs/00_core.ipynb #3c4884af
 class CLIPFinetuningError(Exception):
@@ -269,6 +270,24 @@ def device_report(device:Union[str, torch.device, None]=None # a device or prefe
     r.update(bf16=_supports(dev, torch.bfloat16), fp16=_supports(dev, torch.float16))
     return r
 
+# %% ../nbs/00_core.ipynb #8e883aab
+def model_device(model) -> torch.device:
+    "The device of the model's first parameter (the CPU for parameter-less stand-ins)."
+    try: return next(model.parameters()).device
+    except (AttributeError, StopIteration): return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #bc552c5c
+def model_dtype(model) -> torch.dtype:
+    "The dtype of the model's first floating-point parameter (float32 if none)."
+    try: return next(p.dtype for p in model.parameters() if p.is_floating_point())
+    except (AttributeError, StopIteration): return torch.float32
+
+# %% ../nbs/00_core.ipynb #f809cb50
+def to_device(batch:dict, # a collated batch: tensors and other values
+              device:torch.device):
+    "The batch with every tensor moved to `device` (other values unchanged)."
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
 # %% ../nbs/00_core.ipynb #c4f65941
 def seed_everything(seed:int=42, # the seed
                     deterministic:bool=False # also ask torch for deterministic algorithms
@@ -280,3 +299,19 @@ def seed_everything(seed:int=42, # the seed
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
     return seed
+
+# %% ../nbs/00_core.ipynb #8519cc36
+def rng_state() -> dict:
+    "The state of every random generator: Python, NumPy, torch (CPU), and CUDA or MPS when present."
+    s = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
+    if _mps_available(): s['mps'] = torch.mps.get_rng_state()
+    return s
+
+# %% ../nbs/00_core.ipynb #cd42678a
+def set_rng_state(s:dict # from `rng_state` (keys absent on this machine are skipped)
+                 ):
+    "Restore the generators saved by `rng_state`."
+    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
+    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    if 'mps' in s and _mps_available(): torch.mps.set_rng_state(s['mps'])
