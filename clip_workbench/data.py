@@ -22,12 +22,12 @@ __all__ = ['TEST_FORMATS', 'IMAGE_COLUMNS', 'CAPTION_COLUMNS', 'LABEL_COLUMNS', 
            'AUGMENTATION_PRESETS', 'TEXTILE_CLASSES', 'TEXTILE_FOLDERS', 'TEXTILE_DESCRIPTIONS', 'TEXTILE_TEMPLATES',
            'ImageTextRecord', 'synthetic_image', 'make_corrupt_jpeg', 'make_test_images', 'load_csv', 'load_json',
            'load_jsonl', 'load_captions_txt', 'load_folder', 'load_class_folders', 'load_hf_dataset', 'load_records',
-           'save_records', 'load_image', 'DataWarning', 'DataProblem', 'ValidationReport', 'validate_records',
-           'check_data', 'split_processor', 'text_max_length', 'processor_image_size', 'normalize_pixels',
-           'denormalize_pixels', 'resize_center_crop', 'Augmentation', 'make_augmentation', 'ImageTextDataset',
-           'Splits', 'split_records', 'ClassBalancedSampler', 'collate_batch', 'make_dataloader', 'set_epoch',
-           'textile_root', 'textile_records', 'textile_protocol_split', 'sample_data_path', 'sample_records',
-           'make_sample_set']
+           'save_records', 'open_image', 'load_image', 'DataWarning', 'DataProblem', 'ValidationReport',
+           'validate_records', 'check_data', 'split_processor', 'text_max_length', 'text_padding',
+           'processor_image_size', 'normalize_pixels', 'denormalize_pixels', 'resize_center_crop', 'Augmentation',
+           'make_augmentation', 'ImageTextDataset', 'Splits', 'split_records', 'ClassBalancedSampler', 'collate_batch',
+           'make_dataloader', 'set_epoch', 'textile_root', 'textile_records', 'textile_protocol_split',
+           'sample_data_path', 'sample_records', 'make_sample_set']
 
 # %% ../nbs/01_data.ipynb #4438c5e7
 @dataclass
@@ -478,7 +478,7 @@ def _open_unchecked(fp) -> Image.Image:
                 return Image.open(fp)
             finally: Image.MAX_IMAGE_PIXELS = old
 
-def _open_image(fp, name, max_pixels=None, draft=None) -> Image.Image:
+def open_image(fp, name, max_pixels=None, draft=None) -> Image.Image:
     "Open, check size, decode and convert one image; every failure is a DataError naming `name`."
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     im = None
@@ -502,7 +502,7 @@ def load_image(path,                      # image file
                draft:Optional[tuple]=None # (w, h): let JPEG decoding skip detail finer than this
               ) -> Image.Image:
     "An RGB PIL image from `path`: EXIF orientation applied, any mode converted, size limit checked."
-    return _open_image(path, str(path), max_pixels, draft)
+    return open_image(path, str(path), max_pixels, draft)
 
 # %% ../nbs/01_data.ipynb #e92469c1
 class DataWarning(UserWarning):
@@ -564,7 +564,7 @@ def _check_image(path:Path, max_pixels=None) -> str:
     "Decode `path` fully (cheaply) and return the MD5 of its bytes; DataError if it cannot be decoded."
     try: data = path.read_bytes()
     except OSError as e: raise DataError(f"{path}: cannot read ({e})") from None
-    _open_image(io.BytesIO(data), str(path), max_pixels, draft=(32, 32))
+    open_image(io.BytesIO(data), str(path), max_pixels, draft=(32, 32))
     return hashlib.md5(data).hexdigest()
 
 # %% ../nbs/01_data.ipynb #fe6b8368
@@ -655,6 +655,11 @@ def text_max_length(tokenizer, max_length:Optional[int]=77, model_max_length:Opt
     limits = [int(v) for v in (max_length, model_max_length, tok_max) if v is not None and 0 < v < 1_000_000]
     if max_length is not None and max_length < 1: raise ConfigError(f"max_length must be >= 1, got {max_length}")
     return min(limits) if limits else 77
+
+# %% ../nbs/01_data.ipynb #055735ba
+def text_padding(model) -> str:
+    "How captions are padded: 'max_length' for SigLIP (its text tower pools the last position), else 'longest'."
+    return 'max_length' if getattr(getattr(model, 'config', None), 'model_type', '') == 'siglip' else 'longest'
 
 # %% ../nbs/01_data.ipynb #7c2486b8
 def _get(s, k):

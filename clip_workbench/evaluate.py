@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .core import ConfigError, DataError
-from .data import DEFAULT_TEMPLATES, ImageTextRecord, load_image, load_records, split_processor, text_max_length
+from .data import DEFAULT_TEMPLATES, ImageTextRecord, load_image, load_records, split_processor, text_max_length, text_padding
 from .models import image_features, load_model, set_resolution, text_features
 
 # %% auto #0
@@ -554,10 +554,6 @@ def encode_images(model, processor, # a CLIP-style model and its processor
     return torch.cat(out)
 
 # %% ../nbs/06_evaluate.ipynb #74aa1e49
-def _text_padding(model) -> Union[bool, str]:
-    "SigLIP's text tower pools the last position, so it needs captions padded to the full length."
-    return 'max_length' if getattr(getattr(model, 'config', None), 'model_type', '') == 'siglip' else True
-
 def encode_texts(model, processor, # a CLIP-style model and its processor
                  texts:Sequence[str], # captions or prompts
                  batch_size:int=256, # texts per forward pass
@@ -571,7 +567,7 @@ def encode_texts(model, processor, # a CLIP-style model and its processor
     texts = [str(t) for t in texts]
     if not texts: raise DataError("no texts to encode")
     _, tok = split_processor(processor)
-    length, padding = text_max_length(tok, max_length), _text_padding(model)
+    length, padding = text_max_length(tok, max_length), text_padding(model)
     if cache_dir is not None:
         key = cache_key('text', fingerprint or model_fingerprint(model), _tokenizer_settings(tok), length, padding, texts, bool(autocast))
         return _cached(cache_dir, 'text', key, lambda: encode_texts(model, processor, texts, batch_size, autocast, progress, max_length=max_length))

@@ -14,7 +14,7 @@ import numpy as np, torch
 import torch.nn as nn, torch.nn.functional as F
 
 from .core import CLIPFinetuningError, ConfigError, DataError, ModelLoadError
-from .data import processor_image_size, split_processor, text_max_length
+from .data import processor_image_size, split_processor, text_max_length, text_padding
 from .models import image_features, text_features
 
 # %% auto #0
@@ -55,10 +55,6 @@ def _max_text_length(model, processor=None) -> int:
     positions = getattr(_sub_config(model, 'text'), 'max_position_embeddings', None)
     if processor is not None: return text_max_length(split_processor(processor)[1], None, positions)
     return int(positions or 77)
-
-def _text_padding(model) -> str:
-    "'max_length' for SigLIP (its text tower pools the last position), else 'longest'."
-    return 'max_length' if getattr(getattr(model, 'config', None), 'model_type', '') == 'siglip' else 'longest'
 
 # %% ../nbs/10_export.ipynb #fb96960d
 class ExportError(CLIPFinetuningError, RuntimeError):
@@ -195,7 +191,7 @@ def export_onnx(model, # a CLIP-style model (see clip_workbench.models)
                     inputs=dict(image=['pixel_values'], text=['input_ids', 'attention_mask']), outputs=dict(image='image_embeds', text='text_embeds'),
                     embedding_dim=_embedding_dim(model, size), image_size=list(size),
                     num_channels=getattr(_sub_config(model, 'vision'), 'num_channels', 3) or 3,
-                    max_text_length=_max_text_length(model, processor), text_padding=_text_padding(model),
+                    max_text_length=_max_text_length(model, processor), text_padding=text_padding(model),
                     dynamic_batch=dynamic_batch, logit_scale=_logit(model, 'logit_scale'), logit_bias=_logit(model, 'logit_bias'),
                     model_class=type(model).__name__, model_type=getattr(getattr(model, 'config', None), 'model_type', None),
                     processor_saved=processor is not None, opset=opset, exporter=exporter, export_seconds=seconds,

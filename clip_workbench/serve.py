@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .core import CLIPFinetuningError, ConfigError, DataError, ModelLoadError
-from .data import _open_image, processor_image_size, split_processor, text_max_length
+from .core import CLIPFinetuningError, ConfigError, DataError, ModelLoadError, model_device, model_dtype
+from .data import open_image, processor_image_size, split_processor, text_max_length, text_padding
 from .domains import get_domain
-from .evaluate import (_model_device, _model_dtype, _text_padding, class_probabilities, class_prompts,
+from .evaluate import (class_probabilities, class_prompts,
     ensemble_text_embeddings, logit_scale_of)
 from .models import image_features, load_model, load_processor, text_features
 
@@ -58,11 +58,11 @@ class TorchBackend:
     name = 'torch'
     def __init__(self, model, # any model with get_image_features / get_text_features / logit_scale
                  processor=None): # its processor (gives the longest text)
-        self.model, self.device, self.dtype = model.eval(), _model_device(model), _model_dtype(model)
+        self.model, self.device, self.dtype = model.eval(), model_device(model), model_dtype(model)
         tcfg = getattr(getattr(model, 'config', None), 'text_config', None)
         tok = split_processor(processor)[1] if processor is not None else None
         self.max_text_length = text_max_length(tok, None, getattr(tcfg, 'max_position_embeddings', None)) if tok is not None else 77
-        self.text_padding = _text_padding(model)
+        self.text_padding = text_padding(model)
         self.logit_scale = logit_scale_of(model)
 
     @torch.inference_mode()
@@ -164,7 +164,7 @@ class Preprocessor:
 
     def image(self, data:bytes, i:int):
         "An RGB PIL image from bytes, checked; a 400 ServeError naming `images[i]` otherwise."
-        try: im = _open_image(io.BytesIO(data), f'images[{i}]', max_pixels=self.max_image_pixels)
+        try: im = open_image(io.BytesIO(data), f'images[{i}]', max_pixels=self.max_image_pixels)
         except DataError as e:
             msg = str(e).split(' If the file is trusted')[0]  # the data module's advice is for files, not requests
             raise ServeError(400, msg, param='images') from None

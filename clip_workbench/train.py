@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from tqdm.auto import tqdm
 
 from .core import CLIPFinetuningConfig, CLIPFinetuningError, ConfigError, get_device, seed_everything
-from .memory import _model_device, _to_device
+from .core import model_device, to_device
 
 # %% auto #0
 __all__ = ['EVENTS', 'CancelFit', 'Callback', 'tower_of', 'param_groups', 'lr_factor', 'Trainer', 'eval_frozen',
@@ -94,7 +94,7 @@ class Trainer:
                  compile:bool=False,             # compile each tower's blocks with torch.compile (see compile_blocks)
                  batchnorm:str='train'):         # 'train': BatchNorm uses batch statistics; 'frozen': its running ones
         from clip_workbench.memory import PlainStep, Precision
-        self.device = device if isinstance(device, torch.device) else get_device(device) if device else _model_device(model)
+        self.device = device if isinstance(device, torch.device) else get_device(device) if device else model_device(model)
         self.model, self.loss, self.train_dl = model.to(self.device), loss.to(self.device), train_dl
         if compile: compile_blocks(self.model)
         if batchnorm not in ('train', 'frozen'): raise ConfigError(f"Trainer(batchnorm={batchnorm!r}); allowed: 'train' or 'frozen'")
@@ -136,7 +136,7 @@ def train_step(self:Trainer, batch:dict) -> dict:
     "Gradients for `batch` from the step strategy, then one optimiser step; return the loss terms."
     eval_frozen(self.model.train()); self.loss.train()
     if self.batchnorm == 'frozen': freeze_batchnorm(self.model)
-    terms = dict(self.strategy(self.model, _to_device(batch, self.device), self.loss), lr=self.opt.param_groups[0]['lr'])
+    terms = dict(self.strategy(self.model, to_device(batch, self.device), self.loss), lr=self.opt.param_groups[0]['lr'])
     self.precision.unscale_(self.opt)
     if self.max_grad_norm:
         params = [p for g in self.opt.param_groups for p in g['params']]
@@ -367,7 +367,7 @@ def recompute_batchnorm(model:torch.nn.Module, # a CLIP-style model
     "Reset the running statistics of trainable BatchNorm layers and recompute them over `batches`; return the number of batches."
     bns = _trainable_batchnorms(model)
     if not bns: return 0
-    device = device or _model_device(model)
+    device = device or model_device(model)
     was, momenta = model.training, [m.momentum for m in bns]
     model.eval()
     for m in bns: m.reset_running_stats(); m.momentum = None; m.train()  # momentum None: cumulative (exact) average
