@@ -4,92 +4,149 @@
 
 # %% ../nbs/11_cli.ipynb #333be63d
 from __future__ import annotations
-import argparse, contextlib, importlib.metadata, importlib.util, json, os, platform, shutil, sys
+import argparse, contextlib, importlib.metadata, json, os, platform, shutil, sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
-
-from .core import CLIPFinetuningError, device_report
+from .core import CLIPFinetuningConfig, CLIPFinetuningError, config_reference, device_report
+from .demo import DEMO_TARGETS, demo_rows, demo_targets, plot_demo, print_demo_report, save_demo_report
 
 # %% auto #0
-__all__ = ['CORE_PACKAGES', 'OPTIONAL_PACKAGES', 'DEMO_TARGETS', 'DEMO_SPLITS', 'environment_info', 'cmd_info', 'cmd_data_check',
-           'load_config', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'demo_rows', 'demo_targets', 'plot_demo',
-           'demo_config', 'cmd_demo', 'export_summary', 'cmd_export', 'cmd_serve', 'build_parser', 'main']
+__all__ = ['CORE_PACKAGES', 'OPTIONAL_PACKAGES', 'DEMO_SPLITS', 'environment_info', 'cmd_info', 'cmd_data_check', 'load_config',
+           'cmd_train', 'cmd_evaluate', 'cmd_predict', 'demo_config', 'cmd_demo', 'export_summary', 'cmd_export',
+           'cmd_serve', 'build_parser', 'main', 'DEMO_TARGETS', 'demo_rows', 'demo_targets', 'plot_demo']
+
+# %% ../nbs/11_cli.ipynb #c1000071
+_all_ = ['DEMO_TARGETS', 'demo_rows', 'demo_targets', 'plot_demo']
 
 # %% ../nbs/11_cli.ipynb #c1b01ae3
 CORE_PACKAGES = ('torch', 'transformers', 'kornia', 'pillow', 'safetensors', 'fastapi', 'uvicorn')
-OPTIONAL_PACKAGES = dict(datasets='Hugging Face datasets loader', onnx='ONNX export', onnxruntime='ONNX runtime backend',
-                         tensorboard='TensorBoard logging', ipywidgets='interactive explorers', jupyterlab='notebooks')
+OPTIONAL_PACKAGES = dict(datasets='Hugging Face datasets loader', onnx='ONNX export',
+                         onnxruntime='ONNX runtime backend', tensorboard='TensorBoard logging',
+                         ipywidgets='interactive explorers', jupyterlab='notebooks')
 
+# %% ../nbs/11_cli.ipynb #c1000002
 def _version(pkg:str):
     "Installed version of `pkg`, or None."
     try: return importlib.metadata.version(pkg)
     except importlib.metadata.PackageNotFoundError: return None
 
+# %% ../nbs/11_cli.ipynb #c1000003
 def environment_info(device:str='auto' # device preference, as in the config
                     ) -> dict:
     "Device report, library versions and optional extras, as plain data."
     return dict(python=platform.python_version(), platform=platform.platform(), device=device_report(device),
                 packages={p: _version(p) for p in CORE_PACKAGES},
-                extras={p: dict(installed=_version(p) is not None, purpose=why) for p, why in OPTIONAL_PACKAGES.items()})
+                extras={p: dict(installed=_version(p) is not None, purpose=why)
+                        for p, why in OPTIONAL_PACKAGES.items()})
 
 # %% ../nbs/11_cli.ipynb #4167316c
 def cmd_info(args) -> int:
     "Print the environment report (as JSON with --json)."
     info = environment_info(args.device)
     if args.json: print(json.dumps(info, indent=2)); return 0
-    d = info['device']
+    d, yes = info['device'], lambda ok: 'yes' if ok else 'no'
     print(f"clip_workbench {_version('clip_workbench')}  python {info['python']}  ({info['platform']})")
-    print(f"device   {d['device']} - {d['name']}; memory {d['memory_gb']} GiB (system available {d['system_available_gb']} GiB); bf16 {'yes' if d['bf16'] else 'no'}, fp16 {'yes' if d['fp16'] else 'no'}")
+    print(f"device   {d['device']} - {d['name']}; memory {d['memory_gb']} GiB (system available "
+          f"{d['system_available_gb']} GiB); bf16 {yes(d['bf16'])}, fp16 {yes(d['fp16'])}")
     print('packages ' + ', '.join(f'{k} {v or "missing"}' for k, v in info['packages'].items()))
-    print('extras   ' + ', '.join(f"{k} {'yes' if v['installed'] else 'no'}" for k, v in info['extras'].items()))
+    print('extras   ' + ', '.join(f"{k} {yes(v['installed'])}" for k, v in info['extras'].items()))
     return 0
+
+# %% ../nbs/11_cli.ipynb #c1000004
+def _info_parser(sub):
+    "Add the `info` sub-command to the sub-parsers `sub`."
+    s = sub.add_parser('info', help='device, memory, versions and optional extras')
+    s.add_argument('--device', default='auto', help='device preference: auto, cpu, cuda, cuda:N or mps (default: auto)')
+    s.add_argument('--json', action='store_true', help='print the report as JSON')
+    s.set_defaults(func=cmd_info)
 
 # %% ../nbs/11_cli.ipynb #639ed9dd
 def cmd_data_check(args) -> int:
     "Validate a data set; print the report (JSON with --json); exit 1 when anything is wrong."
     from clip_workbench.data import check_data, textile_records, validate_records
     cols = dict(image_column=args.image_column, caption_column=args.caption_column, label_column=args.label_column)
-    if args.path is None: report = validate_records(textile_records(), on_error='skip', check_images=not args.no_images, source='bundled textile set', warn=False)
+    if args.path is None:
+        report = validate_records(textile_records(), on_error='skip', check_images=not args.no_images,
+                                  source='bundled textile set', warn=False)
     else: report = check_data(args.path, check_images=not args.no_images, **{k: v for k, v in cols.items() if v})
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary(max_problems=None))
     return 0 if report.ok else 1
 
+# %% ../nbs/11_cli.ipynb #c1000006
+def _data_parser(sub):
+    "Add the `data` sub-command, with its own sub-command `check`, to the sub-parsers `sub`."
+    data = sub.add_parser('data', help='data set tools')
+    s = data.add_subparsers(dest='data_command', metavar='DATA_COMMAND', required=True).add_parser(
+        'check', help='validate a data set: missing files, corrupt images, empty captions, duplicates')
+    s.add_argument('path', nargs='?',
+                   help='CSV, JSON, JSONL, folder or class-folder tree (default: the bundled textile set)')
+    for col in ('image', 'caption', 'label'):
+        s.add_argument(f'--{col}-column', help=f'name of the {col} column (default: recognised automatically)')
+    s.add_argument('--no-images', action='store_true', help='do not decode images (faster; misses corrupt files)')
+    s.add_argument('--json', action='store_true', help='print the report as JSON')
+    s.set_defaults(func=cmd_data_check)
+
 # %% ../nbs/11_cli.ipynb #5523840c
-def load_config(path=None, overrides:Sequence[str]=()) -> 'CLIPFinetuningConfig':
+def load_config(path=None, overrides:Sequence[str]=()) -> CLIPFinetuningConfig:
     "The config from a file (or the defaults) with `key=value` overrides."
-    from clip_workbench.core import CLIPFinetuningConfig
     cfg = CLIPFinetuningConfig.from_file(path) if path else CLIPFinetuningConfig()
     return cfg.override(*overrides)
 
+# %% ../nbs/11_cli.ipynb #c1000010
+def _dry_run(cfg:CLIPFinetuningConfig) -> int:
+    "Validate the run and print its resolved recipe, loading no weights."
+    from clip_workbench.recipes import resolve_recipe
+    from clip_workbench.controller import config_splits, validate_run
+    validate_run(cfg)  # as the controller does first: before any model or data loads, nothing written on an error
+    train, val, _ = config_splits(cfg)
+    print(resolve_recipe(cfg, cfg.model_name, train, val).table())
+    return 0
+
+# %% ../nbs/11_cli.ipynb #c1000012
+def _test_scores(ctl, out_dir:Path) -> dict:
+    "Accuracy and balanced accuracy of the controller's model on the test split; its report goes to `out_dir`."
+    res = ctl.evaluate_on_domain(out_dir=out_dir)
+    return {k: v for k, v in res.get('zero_shot', {}).items() if k in ('accuracy', 'balanced_accuracy')}
+
+# %% ../nbs/11_cli.ipynb #c1000013
+def _test_wise_ft(ctl, summary:dict):
+    "Apply the WiSE-FT mix chosen on validation to the model; add its test scores to `summary`."
+    from clip_workbench.wise_ft import wise_ft
+    wise_ft(ctl.start_weights, ctl.model, summary['wise_ft']['best_alpha'], inplace=True)
+    summary['wise_ft']['test'] = _test_scores(ctl, Path(summary['output_dir'])/'eval_wise_ft')
+
+# %% ../nbs/11_cli.ipynb #c1000014
 def cmd_train(args) -> int:
-    "Fine-tune from a config, then evaluate on the test split; print the recipe and the summary (only the recipe with --dry-run)."
-    if args.help_config:
-        from clip_workbench.core import config_reference
-        print(config_reference()); return 0
+    "Fine-tune from a config, evaluate on the test split; print the recipe and the summary (--dry-run: the recipe)."
+    if args.help_config: print(config_reference()); return 0
     cfg = load_config(args.config, args.set or [])
-    if args.dry_run:
-        from clip_workbench.recipes import resolve_recipe
-        from clip_workbench.train import config_splits, validate_run
-        validate_run(cfg)  # the controller runs it first otherwise: before any model or data loads, nothing written on an error
-        train, val, _ = config_splits(cfg)
-        print(resolve_recipe(cfg, cfg.model_name, train, val).table())
-        return 0
-    from clip_workbench.train import CLIPFinetuningController
+    if args.dry_run: return _dry_run(cfg)
+    from clip_workbench.controller import CLIPFinetuningController
     ctl = CLIPFinetuningController(cfg)
     summary = ctl.fine_tune(resume=args.resume)
     if not ctl.dist.is_main: return 0  # the first process evaluates and reports
-    res = ctl.evaluate_on_domain(out_dir=Path(summary['output_dir'])/'eval')
-    summary['test'] = {k: v for k, v in res.get('zero_shot', {}).items() if k in ('accuracy', 'balanced_accuracy')}
-    if 'wise_ft' in summary:  # the best mix on validation, on the test split too
-        from clip_workbench.export import wise_ft
-        wise_ft(ctl.start_weights, ctl.model, summary['wise_ft']['best_alpha'], inplace=True)
-        res = ctl.evaluate_on_domain(out_dir=Path(summary['output_dir'])/'eval_wise_ft')
-        summary['wise_ft']['test'] = {k: v for k, v in res.get('zero_shot', {}).items() if k in ('accuracy', 'balanced_accuracy')}
+    summary['test'] = _test_scores(ctl, Path(summary['output_dir'])/'eval')
+    if 'wise_ft' in summary: _test_wise_ft(ctl, summary)  # the best mix on validation, on the test split too
     print(json.dumps(summary, indent=2))
     for w in summary['warnings']: print(f"clip-workbench train: warning: {w}", file=sys.stderr)
     return 0
+
+# %% ../nbs/11_cli.ipynb #c1000015
+def _train_parser(sub):
+    "Add the `train` sub-command to the sub-parsers `sub`."
+    s = sub.add_parser('train', help='fine-tune from a config file, then evaluate on the test split')
+    s.add_argument('--config',
+                   help='YAML or JSON config (default: all defaults: the offline model on the bundled textile set)')
+    s.add_argument('--set', action='append', metavar='KEY=VALUE',
+                   help='override a config field (repeatable), e.g. --set num_epochs=3')
+    s.add_argument('--resume', action='store_true',
+                   help='continue from the latest checkpoint in output_dir/checkpoints')
+    s.add_argument('--dry-run', action='store_true',
+                   help='print the resolved recipe (each setting with its source) and stop')
+    s.add_argument('--help-config', action='store_true',
+                   help='list every config field with its default, allowed values and help, and stop')
+    s.set_defaults(func=cmd_train)
 
 # %% ../nbs/11_cli.ipynb #15ec49a4
 def cmd_evaluate(args) -> int:
@@ -102,6 +159,21 @@ def cmd_evaluate(args) -> int:
     print(summary.read_text() if summary.exists() else json.dumps(res, indent=2, default=str))
     return 0
 
+# %% ../nbs/11_cli.ipynb #c1000017
+def _evaluate_parser(sub):
+    "Add the `evaluate` sub-command to the sub-parsers `sub`."
+    s = sub.add_parser('evaluate', help='evaluate a model on a data set; write results.json, summary.md and plots')
+    s.add_argument('model', help='model folder, Hugging Face name, "default" or "tiny"')
+    s.add_argument('data', help='data file or folder (as for data check)')
+    s.add_argument('--out', default='outputs/eval', help='output folder (default: outputs/eval)')
+    s.add_argument('--metrics',
+                   help='comma-separated: zero_shot, retrieval, few_shot, similarity (default: all the data allows)')
+    s.add_argument('--normal-class', help='class meaning "no defect": adds binary normal-vs-defect metrics')
+    s.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps')
+    s.add_argument('--quiet', action='store_true', help='no progress bars')
+    s.set_defaults(func=cmd_evaluate)
+
+# %% ../nbs/11_cli.ipynb #c1000020
 def _image_paths(items:Sequence[str]) -> list:
     "Image files named, or found (recursively) in the folders named."
     from clip_workbench.data import IMAGE_EXTENSIONS
@@ -113,124 +185,106 @@ def _image_paths(items:Sequence[str]) -> list:
     if not paths: raise CLIPFinetuningError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(items)}")
     return paths
 
+# %% ../nbs/11_cli.ipynb #c1000024
+def _save_embeddings(file, emb, paths:list):
+    "Write image embeddings to a safetensors file, with the image paths in its metadata."
+    from safetensors.torch import save_file
+    save_file({'image_embeddings': emb.contiguous()}, file, metadata={'paths': json.dumps([str(p) for p in paths])})
+
+# %% ../nbs/11_cli.ipynb #c1000025
+def _print_labels(model, proc, emb, paths:list, labels:str, top_k:int):
+    "One JSON line per image: its `top_k` zero-shot labels (of the comma-separated `labels`) with their probabilities."
+    from clip_workbench.evaluate import zero_shot_probabilities
+    names = [l.strip() for l in labels.split(',') if l.strip()]
+    probs = zero_shot_probabilities(model, proc, emb, names)  # the model's own scale, serve's prompts: as serve gives
+    for p, row in zip(paths, probs):
+        top = row.argsort(descending=True)[:top_k]
+        print(json.dumps(dict(image=str(p), labels=[dict(label=names[i], probability=float(row[i])) for i in top])))
+
+# %% ../nbs/11_cli.ipynb #c1000026
 def cmd_predict(args) -> int:
     "Zero-shot labels (with --labels) and/or embeddings (to --embeddings FILE) for image files or folders."
-    from clip_workbench.evaluate import encode_images, zero_shot_probabilities
+    from clip_workbench.evaluate import encode_images
     from clip_workbench.models import load_model
-    if not args.labels and not args.embeddings: raise CLIPFinetuningError("say what to predict: --labels 'a,b,c' (zero-shot) and/or --embeddings FILE.safetensors")
+    if not args.labels and not args.embeddings:
+        raise CLIPFinetuningError("say what to predict: --labels 'a,b,c' (zero-shot) and/or "
+                                  "--embeddings FILE.safetensors")
     paths = _image_paths(args.images)
     model, proc = load_model(args.model, device=args.device)
     emb = encode_images(model, proc, paths, progress=False)
-    if args.embeddings:
-        from safetensors.torch import save_file
-        save_file({'image_embeddings': emb.contiguous()}, args.embeddings, metadata={'paths': json.dumps([str(p) for p in paths])})
-    if args.labels:
-        labels = [l.strip() for l in args.labels.split(',') if l.strip()]
-        probs = zero_shot_probabilities(model, proc, emb, labels)  # the model's own scale, serve's prompts: the same numbers as serve
-        for p, row in zip(paths, probs):
-            top = row.argsort(descending=True)[:args.top_k]
-            print(json.dumps(dict(image=str(p), labels=[dict(label=labels[i], probability=float(row[i])) for i in top])))
+    if args.embeddings: _save_embeddings(args.embeddings, emb, paths)
+    if args.labels: _print_labels(model, proc, emb, paths, args.labels, args.top_k)
     return 0
 
+# %% ../nbs/11_cli.ipynb #c1000027
+def _predict_parser(sub):
+    "Add the `predict` sub-command to the sub-parsers `sub`."
+    s = sub.add_parser('predict', help='zero-shot labels or embeddings for images')
+    s.add_argument('model', help='model folder, Hugging Face name, "default" or "tiny"')
+    s.add_argument('images', nargs='+', help='image files or folders')
+    s.add_argument('--labels', help="comma-separated class names for zero-shot prediction, e.g. 'nominal,local defect'")
+    s.add_argument('--top-k', type=int, default=3, help='labels printed per image (default: 3)')
+    s.add_argument('--embeddings', help='write image embeddings to this .safetensors file')
+    s.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps')
+    s.set_defaults(func=cmd_predict)
+
 # %% ../nbs/11_cli.ipynb #34724b69
-DEMO_TARGETS = {'3-class accuracy': 0.98, 'binary accuracy (nominal vs defect)': 0.99}
-DEMO_SPLITS = ('full', 'few-shot')
-
-def _demo_metrics(r:dict) -> dict:
-    "The demo's metrics of one evaluation result."
-    z = r['zero_shot']; b = z.get('binary') or {}
-    row = {'3-class accuracy': z['accuracy'], 'binary accuracy (nominal vs defect)': b.get('accuracy'),
-           'macro F1': z['macro']['f1'], 'defect F1': b.get('f1')}
-    row.update({f'accuracy: {c}': v['accuracy'] for c, v in z['per_class'].items()})
-    return row
-
-def demo_rows(results:dict # column name -> evaluation result, e.g. {'zero-shot': ..., 'fine-tuned (full)': ...}
-             ) -> list:
-    "One row per metric, one column per result: 3-class and binary accuracy, macro F1, defect F1, per-class accuracy."
-    cols = {name: _demo_metrics(r) for name, r in results.items()}
-    first = next(iter(cols.values()))
-    return [{'metric': k, **{name: c.get(k) for name, c in cols.items()}} for k in first]
-
-def demo_targets(rows:list, targets:dict=DEMO_TARGETS) -> list:
-    "For each fine-tuned column and target metric: (column, metric, value, target, met)."
-    out = []
-    for r in rows:
-        if r['metric'] not in targets: continue
-        for col, v in r.items():
-            if col.startswith('fine-tuned'): out.append((col, r['metric'], v, targets[r['metric']], v is not None and v >= targets[r['metric']]))
-    return out
-
-# %% ../nbs/11_cli.ipynb #75fbcbf9
-def plot_demo(rows:list, # `demo_rows`
-              results:dict # column name -> evaluation result (for the confusion matrices)
-             ):
-    "The before/after table and one confusion matrix per result, in one figure."
-    import matplotlib.pyplot as plt
-    import numpy as np
-    n = len(results)
-    fig = plt.figure(figsize=(4.2 * max(n, 2), 3.2 + 0.32 * len(rows)))
-    gs = fig.add_gridspec(2, n, height_ratios=[0.35 * len(rows) + 0.6, 3])
-    ax = fig.add_subplot(gs[0, :]); ax.axis('off')
-    cols = list(rows[0])
-    cells = [[r['metric']] + ['–' if r[c] is None else f'{r[c]:.3f}' for c in cols[1:]] for r in rows]
-    t = ax.table(cellText=cells, colLabels=cols, loc='center', cellLoc='center')
-    t.auto_set_font_size(False); t.set_fontsize(9); t.scale(1, 1.25)
-    for j, (name, r) in enumerate(results.items()):
-        z = r['zero_shot']; cm = np.array(z['confusion_normalized'], dtype=float); names = z['class_names']
-        a = fig.add_subplot(gs[1, j])
-        a.imshow(cm, vmin=0, vmax=1, cmap='Blues')
-        a.set_xticks(range(len(names)), names, rotation=30, ha='right', fontsize=8); a.set_yticks(range(len(names)), names, fontsize=8)
-        for (i, k), v in np.ndenumerate(cm): a.text(k, i, f'{v:.2f}', ha='center', va='center', fontsize=8, color='white' if v > 0.5 else 'black')
-        a.set_title(f"{name}: {z['accuracy']:.3f}", fontsize=10); a.set_xlabel('predicted', fontsize=8)
-    fig.tight_layout()
-    return fig
+DEMO_SPLITS = ('full', 'few-shot')  # the training splits `--split both` runs, in this order
 
 # %% ../nbs/11_cli.ipynb #ef70d382
 def demo_config(args, # the demo's command-line arguments (`build_parser().parse_args(['demo'])` for its defaults)
-                output_dir) -> 'CLIPFinetuningConfig':
-    "The demo's config: the offline default model and the industrial domain; the rest is the recipe's unless the command line sets it."
-    from clip_workbench.core import CLIPFinetuningConfig
-    return CLIPFinetuningConfig(model_name='default', domain='industrial', num_epochs=args.epochs, batch_size=args.batch_size,
-                                learning_rate=args.lr, device=args.device, mixed_precision=args.precision,
-                                output_dir=str(output_dir), logging_steps=5, seed=args.seed)
+                output_dir) -> CLIPFinetuningConfig:
+    "The demo's config: the offline default model, the industrial domain, the rest the recipe's unless set."
+    return CLIPFinetuningConfig(model_name='default', domain='industrial', num_epochs=args.epochs,
+                                batch_size=args.batch_size, learning_rate=args.lr, device=args.device,
+                                mixed_precision=args.precision, output_dir=str(output_dir), logging_steps=5,
+                                seed=args.seed)
 
-def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
-    "Fine-tune the default model on one split; evaluate; add the result (and, first, the zero-shot one) to `results`."
-    import time
-    from clip_workbench.data import textile_records
-    from clip_workbench.train import CLIPFinetuningController
-    ctl = CLIPFinetuningController(demo_config(args, out/split))
-    train, val, test = ctl.load_data()
-    if split == 'few-shot': train = textile_records('few_shot')
-    print(f"\n== fine-tuning on the {split} split: {len(train)} training, {len(val)} validation, {len(test)} test images")
-    if 'zero-shot' not in results:
-        from clip_workbench.export import snapshot_weights
-        results['zero-shot'] = ctl.evaluate_on_domain(test, out_dir=out/'zero_shot')
-        extra['start_weights'] = snapshot_weights(ctl.model)
-    t0 = time.time()
-    summary = ctl.fine_tune(train, val, out/split)
-    results[f'fine-tuned ({split})'] = ctl.evaluate_on_domain(test, out_dir=out/split/'fine_tuned')
-    extra['training'][split] = dict(summary, seconds=round(time.time() - t0, 1), train_images=len(train))
-    if not args.keep_checkpoints: shutil.rmtree(out/split/'checkpoints', ignore_errors=True)  # a finished demo run needs no resume
-    if split == 'full' and args.wise_ft: extra['wise_ft'] = _demo_wise_ft(ctl, extra['start_weights'], test, out)
+# %% ../nbs/11_cli.ipynb #c1000037
+def _demo_zero_shot(ctl, test, out:Path, results:dict, extra:dict):
+    "Evaluate the starting model on the test split; keep its weights for WiSE-FT."
+    from clip_workbench.export import snapshot_weights
+    results['zero-shot'] = ctl.evaluate_on_domain(test, out_dir=out/'zero_shot')
+    extra['start_weights'] = snapshot_weights(ctl.model)
 
+# %% ../nbs/11_cli.ipynb #c1000038
 def _demo_wise_ft(ctl, start_weights, test, out:Path) -> list:
     "WiSE-FT: accuracy on the test set along the line from the starting to the fine-tuned weights; saves wise_ft.png."
     import matplotlib.pyplot as plt
-    from clip_workbench.export import plot_wise_ft, wise_ft_sweep, zero_shot_evaluator
+    from clip_workbench.wise_ft import plot_wise_ft, wise_ft_sweep, zero_shot_evaluator
     names = ctl.class_names
-    fn = zero_shot_evaluator(ctl.processor, test, names, ctl.domain.templates, ctl._descriptions(), ctl.domain.normal_class(names))
+    fn = zero_shot_evaluator(ctl.processor, test, names, ctl.domain.templates, ctl._descriptions(),
+                             ctl.domain.normal_class(names))
     sweep = wise_ft_sweep(start_weights, ctl.model, fn)
     fig = plot_wise_ft(sweep, 'accuracy', title='WiSE-FT, full split')
     fig.savefig(out/'wise_ft.png', dpi=110); plt.close(fig)
     return sweep
 
+# %% ../nbs/11_cli.ipynb #c1000039
+def _demo_run(split:str, args, out:Path, results:dict, extra:dict):
+    "Fine-tune the default model on one split; evaluate; add the result (and, first, the zero-shot one) to `results`."
+    import time
+    from clip_workbench.data import textile_records
+    from clip_workbench.controller import CLIPFinetuningController
+    ctl = CLIPFinetuningController(demo_config(args, out/split))
+    train, val, test = ctl.load_data()
+    if split == 'few-shot': train = textile_records('few_shot')
+    print(f"\n== fine-tuning on the {split} split: {len(train)} training, {len(val)} validation, "
+          f"{len(test)} test images")
+    if 'zero-shot' not in results: _demo_zero_shot(ctl, test, out, results, extra)
+    t0 = time.time()
+    summary = ctl.fine_tune(train, val, out/split)
+    results[f'fine-tuned ({split})'] = ctl.evaluate_on_domain(test, out_dir=out/split/'fine_tuned')
+    extra['training'][split] = dict(summary, seconds=round(time.time() - t0, 1), train_images=len(train))
+    if not args.keep_checkpoints: shutil.rmtree(out/split/'checkpoints', ignore_errors=True)  # no resume needed
+    if split == 'full' and args.wise_ft: extra['wise_ft'] = _demo_wise_ft(ctl, extra['start_weights'], test, out)
+
+# %% ../nbs/11_cli.ipynb #c1000044
 def cmd_demo(args) -> int:
     "Report, data check, zero-shot evaluation, fine-tuning on the full and few-shot splits, before/after table."
     import time
-    import matplotlib.pyplot as plt
     from clip_workbench.data import textile_records, validate_records
-    from clip_workbench.evaluate import format_table, save_json
+    from clip_workbench.models import link_duplicates
     t0, out = time.time(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd_info(argparse.Namespace(device=args.device, json=False))
@@ -238,28 +292,43 @@ def cmd_demo(args) -> int:
     results, extra = {}, dict(training={}, wise_ft=None)
     for split in (DEMO_SPLITS if args.split == 'both' else [args.split]): _demo_run(split, args, out, results, extra)
     rows, seconds = demo_rows(results), round(time.time() - t0, 1)
-    checks = demo_targets(rows)
-    save_json(dict(rows=rows, targets=[dict(run=c, metric=m, value=v, target=t, met=ok) for c, m, v, t, ok in checks],
-                   training=extra['training'], wise_ft=extra['wise_ft'], seconds=seconds), out/'demo.json')
-    table = format_table(rows)
-    (out/'demo.md').write_text(table + '\n')
-    fig = plot_demo(rows, results); fig.savefig(out/'demo.png', dpi=110); plt.close(fig)
-    print('\n' + table + '\n')
-    for c, m, v, t, ok in checks: print(f"{'met ' if ok else 'MISSED'}  {c}: {m} {v:.3f} (target {t})")
-    if extra['wise_ft']: print('WiSE-FT (test accuracy by alpha): ' + ', '.join(f"{r['alpha']:.1f}: {r['accuracy']:.3f}" for r in extra['wise_ft']))
-    from clip_workbench.models import link_duplicates
+    print_demo_report(save_demo_report(out, rows, results, extra, seconds), rows, extra['wise_ft'])
     link_duplicates(out)  # the locked text tower: once on disk for every model saved
     print(f"\nfinished in {seconds / 60:.1f} min. Results, plots and the models are in {out}/")
     return 0
+
+# %% ../nbs/11_cli.ipynb #c1000045
+def _demo_parser(sub):
+    "Add the `demo` sub-command to the sub-parsers `sub`."
+    s = sub.add_parser('demo',
+                       help='fine-tune the offline default model on the bundled textile set; before/after table')
+    s.add_argument('--out', default='outputs/demo', help='output folder (default: outputs/demo)')
+    s.add_argument('--split', default='both', choices=['both', 'full', 'few-shot'],
+                   help='training split: the full one, the few-shot one (50 nominal + 25 local + 25 global), or both '
+                        '(default)')
+    s.add_argument('--epochs', type=int, default=None, help="training epochs (default: the recipe's)")
+    s.add_argument('--batch-size', type=int, default=None, help="images per step (default: the recipe's)")
+    s.add_argument('--lr', type=float, default=None,
+                   help="peak learning rate of the projections (default: the recipe's)")
+    s.add_argument('--precision', default='auto', help="mixed precision: auto, no, bf16 or fp16 (default: auto)")
+    s.add_argument('--no-wise-ft', dest='wise_ft', action='store_false',
+                   help='skip the WiSE-FT sweep after the full-split run')
+    s.add_argument('--keep-checkpoints', action='store_true',
+                   help='keep the resumable checkpoints of the finished runs (default: deleted, the models are kept)')
+    s.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
+    s.add_argument('--seed', type=int, default=42)
+    s.set_defaults(func=cmd_demo)
 
 # %% ../nbs/11_cli.ipynb #e2aea3b8
 def _cosine(s:str) -> float:
     "argparse type of --min-cosine: a number in (0, 1]."
     try: v = float(s)
     except ValueError: v = None
-    if v is None or not 0 < v <= 1: raise argparse.ArgumentTypeError(f"{s!r}: a cosine threshold is a number in (0, 1], e.g. 0.9999")
+    if v is None or not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: a cosine threshold is a number in (0, 1], e.g. 0.9999")
     return v
 
+# %% ../nbs/11_cli.ipynb #c1000047
 @contextlib.contextmanager
 def _native_stdout_discarded():
     "Discard what native code writes to file descriptor 1 (the TorchScript exporter's graph dump on failure)."
@@ -279,6 +348,17 @@ def _size(n:int) -> str:
         n /= 1024
     return f"{n:.1f} GiB"
 
+# %% ../nbs/11_cli.ipynb #c1000049
+def _parity_line(parity:Optional[dict], min_cosine:Optional[float]=None) -> str:
+    "The parity figures of an export's manifest, as `export` prints them."
+    p = parity
+    if p is None: return "parity with torch: not checked (--no-check)"
+    return (f"parity with torch, min cosine on the bundled images and captions: "
+            f"image {p['image']:.6f}, text {p['text']:.6f}"
+            + (f" (required >= {min_cosine})" if min_cosine else '')
+            + f"; max abs diff {max(p['image_max_abs_diff'], p['text_max_abs_diff']):.1e}")
+
+# %% ../nbs/11_cli.ipynb #c1000051
 def export_summary(manifest:dict, # the manifest `export_from_path` returns
                    out_dir, # the export folder
                    min_cosine:Optional[float]=None # the threshold the parity check applied
@@ -290,103 +370,30 @@ def export_summary(manifest:dict, # the manifest `export_from_path` returns
              f"{'dynamic batch' if m['dynamic_batch'] else 'batch fixed at 1'}): embedding dim {m['embedding_dim']}, "
              f"images {h}x{w}, texts up to {m['max_text_length']} tokens"]
     lines += [f"  {out/n}  {_size(m['sizes'][n])}" for n in m['files'].values()]
-    lines.append(f"  {out/'onnx_manifest.json'}" + ("  (and the processor's tokenizer and image settings)" if m.get('processor_saved') else ''))
-    p = m.get('parity')
-    if p is None: lines.append("parity with torch: not checked (--no-check)")
-    else: lines.append(f"parity with torch, min cosine on the bundled images and captions: image {p['image']:.6f}, text {p['text']:.6f}"
-                       + (f" (required >= {min_cosine})" if min_cosine else '')
-                       + f"; max abs diff {max(p['image_max_abs_diff'], p['text_max_abs_diff']):.1e}")
-    lines.append(f"serve it: clip-workbench serve {out} --backend onnx")
+    processor = "  (and the processor's tokenizer and image settings)" if m.get('processor_saved') else ''
+    lines += [f"  {out/'onnx_manifest.json'}" + processor, _parity_line(m.get('parity'), min_cosine),
+              f"serve it: clip-workbench serve {out} --backend onnx"]
     return '\n'.join(lines)
 
+# %% ../nbs/11_cli.ipynb #c1000052
 def cmd_export(args) -> int:
     "Export the image and text encoders to ONNX, check them against torch; print what was written."
     from clip_workbench.export import export_from_path
-    kw = dict(device=args.device, opset=args.opset, exporter=args.exporter, check=not args.no_check, min_cosine=args.min_cosine)
+    kw = dict(device=args.device, opset=args.opset, exporter=args.exporter, check=not args.no_check,
+              min_cosine=args.min_cosine)
     with _native_stdout_discarded():
         man = export_from_path(args.model, args.out, dynamic_batch=not args.static_batch, **kw)
     print(export_summary(man, args.out, None if args.no_check else args.min_cosine))
     return 0
 
-# %% ../nbs/11_cli.ipynb #dd6c6562
-_API_KEY_ENV = 'CLIP_WORKBENCH_API_KEY'  # clip_workbench.serve.API_KEY_ENV, written out so that --help needs no server imports
-
-def cmd_serve(args) -> int:
-    "Serve a model over HTTP (embeddings, similarity, zero-shot classification) until interrupted."
-    if args.backend == 'onnx' and (args.device or args.dtype):
-        raise CLIPFinetuningError("--device and --dtype apply to --backend torch; the onnx backend runs on onnxruntime's providers (CUDA if available, else CPU)")
-    from clip_workbench.serve import serve
-    key = f'required ({_API_KEY_ENV} is set)' if os.environ.get(_API_KEY_ENV) else f'not required (set {_API_KEY_ENV} to require one)'
-    url = f"http://[{args.host}]:{args.port}" if ':' in args.host else f"http://{args.host}:{args.port}"
-    print(f"clip-workbench serve: loading {args.model_dir} ({args.backend} backend) to serve on {url}; API key {key}", file=sys.stderr, flush=True)
-    serve(args.model_dir, host=args.host, port=args.port, log_level=args.log_level, backend=args.backend, domain=args.domain,
-          device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-          max_items=args.max_items, max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels,
-          request_timeout_s=args.request_timeout)
-    return 0
-
-# %% ../nbs/11_cli.ipynb #656ade8f
-def build_parser() -> argparse.ArgumentParser:
-    "The `clip-workbench` argument parser with all sub-commands."
-    p = argparse.ArgumentParser(prog='clip-workbench', description='Fine-tune, evaluate and serve CLIP-style models on your own domain.')
-    sub = p.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    s = sub.add_parser('info', help='device, memory, versions and optional extras')
-    s.add_argument('--device', default='auto', help='device preference: auto, cpu, cuda, cuda:N or mps (default: auto)')
-    s.add_argument('--json', action='store_true', help='print the report as JSON')
-    s.set_defaults(func=cmd_info)
-    data = sub.add_parser('data', help='data set tools').add_subparsers(dest='data_command', metavar='DATA_COMMAND', required=True)
-    s = data.add_parser('check', help='validate a data set: missing files, corrupt images, empty captions, duplicates')
-    s.add_argument('path', nargs='?', help='CSV, JSON, JSONL, folder or class-folder tree (default: the bundled textile set)')
-    for col in ('image', 'caption', 'label'): s.add_argument(f'--{col}-column', help=f'name of the {col} column (default: recognised automatically)')
-    s.add_argument('--no-images', action='store_true', help='do not decode images (faster; misses corrupt files)')
-    s.add_argument('--json', action='store_true', help='print the report as JSON')
-    s.set_defaults(func=cmd_data_check)
-
-    s = sub.add_parser('train', help='fine-tune from a config file, then evaluate on the test split')
-    s.add_argument('--config', help='YAML or JSON config (default: all defaults: the offline model on the bundled textile set)')
-    s.add_argument('--set', action='append', metavar='KEY=VALUE', help='override a config field (repeatable), e.g. --set num_epochs=3')
-    s.add_argument('--resume', action='store_true', help='continue from the latest checkpoint in output_dir/checkpoints')
-    s.add_argument('--dry-run', action='store_true', help='print the resolved recipe (each setting with its source) and stop')
-    s.add_argument('--help-config', action='store_true', help='list every config field with its default, allowed values and help, and stop')
-    s.set_defaults(func=cmd_train)
-
-    s = sub.add_parser('evaluate', help='evaluate a model on a data set; write results.json, summary.md and plots')
-    s.add_argument('model', help='model folder, Hugging Face name, "default" or "tiny"')
-    s.add_argument('data', help='data file or folder (as for data check)')
-    s.add_argument('--out', default='outputs/eval', help='output folder (default: outputs/eval)')
-    s.add_argument('--metrics', help='comma-separated: zero_shot, retrieval, few_shot, similarity (default: all the data allows)')
-    s.add_argument('--normal-class', help='class meaning "no defect": adds binary normal-vs-defect metrics')
-    s.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps')
-    s.add_argument('--quiet', action='store_true', help='no progress bars')
-    s.set_defaults(func=cmd_evaluate)
-
-    s = sub.add_parser('predict', help='zero-shot labels or embeddings for images')
-    s.add_argument('model', help='model folder, Hugging Face name, "default" or "tiny"')
-    s.add_argument('images', nargs='+', help='image files or folders')
-    s.add_argument('--labels', help="comma-separated class names for zero-shot prediction, e.g. 'nominal,local defect'")
-    s.add_argument('--top-k', type=int, default=3, help='labels printed per image (default: 3)')
-    s.add_argument('--embeddings', help='write image embeddings to this .safetensors file')
-    s.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps')
-    s.set_defaults(func=cmd_predict)
-
-    s = sub.add_parser('demo', help='fine-tune the offline default model on the bundled textile set; before/after table')
-    s.add_argument('--out', default='outputs/demo', help='output folder (default: outputs/demo)')
-    s.add_argument('--split', default='both', choices=['both', 'full', 'few-shot'],
-                   help='training split: the full one, the few-shot one (50 nominal + 25 local + 25 global), or both (default)')
-    s.add_argument('--epochs', type=int, default=None, help="training epochs (default: the recipe's)")
-    s.add_argument('--batch-size', type=int, default=None, help="images per step (default: the recipe's)")
-    s.add_argument('--lr', type=float, default=None, help="peak learning rate of the projections (default: the recipe's)")
-    s.add_argument('--precision', default='auto', help="mixed precision: auto, no, bf16 or fp16 (default: auto)")
-    s.add_argument('--no-wise-ft', dest='wise_ft', action='store_false', help='skip the WiSE-FT sweep after the full-split run')
-    s.add_argument('--keep-checkpoints', action='store_true', help='keep the resumable checkpoints of the finished runs (default: deleted, the models are kept)')
-    s.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
-    s.add_argument('--seed', type=int, default=42)
-    s.set_defaults(func=cmd_demo)
-
+# %% ../nbs/11_cli.ipynb #c1000053
+def _export_parser(sub):
+    "Add the `export` sub-command to the sub-parsers `sub`."
     s = sub.add_parser('export', help='export the image and text encoders to ONNX and check them against torch',
-                       description='Export the two towers of MODEL to OUT as image_encoder.onnx and text_encoder.onnx, with the processor and '
-                                   'onnx_manifest.json, then check parity with torch on the bundled images and captions. '
-                                   'Exit status 2 when the export fails or a tower falls below --min-cosine.')
+                       description='Export the two towers of MODEL to OUT as image_encoder.onnx and text_encoder.onnx, '
+                                   'with the processor and onnx_manifest.json, then check parity with torch on the '
+                                   'bundled images and captions. Exit status 2 when the export fails or a tower falls '
+                                   'below --min-cosine.')
     s.add_argument('model', metavar='MODEL', help='model folder, Hugging Face name, "default" or "tiny"')
     s.add_argument('out', metavar='OUT', help='export folder (created; the files in it are replaced)')
     s.add_argument('--opset', type=int, default=None, help='ONNX opset (default: 18)')
@@ -394,34 +401,93 @@ def build_parser() -> argparse.ArgumentParser:
                    help='torch exporter: torchscript, dynamo (needs onnxscript) or auto (default: torchscript)')
     s.add_argument('--static-batch', action='store_true', help='fix the batch at 1 (default: a dynamic batch axis)')
     s.add_argument('--no-check', action='store_true', help='skip the parity check against torch')
-    s.add_argument('--min-cosine', type=_cosine, default=0.9999, help='least acceptable cosine between torch and ONNX embeddings (default: 0.9999)')
-    s.add_argument('--device', default='cpu', help='where torch runs for the export and the check: cpu, cuda, cuda:N or mps (default: cpu)')
+    s.add_argument('--min-cosine', type=_cosine, default=0.9999,
+                   help='least acceptable cosine between torch and ONNX embeddings (default: 0.9999)')
+    s.add_argument('--device', default='cpu',
+                   help='where torch runs for the export and the check: cpu, cuda, cuda:N or mps (default: cpu)')
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser('serve', help='serve embeddings, similarity and zero-shot classification over HTTP',
-                       description='Serve MODEL_DIR over HTTP until interrupted: POST /v1/embeddings, /v1/similarity, /v1/classify; '
-                                   'GET /v1/models, /health/live, /health/ready, /metrics. '
-                                   f'API key: set the environment variable {_API_KEY_ENV} to require it on every request '
-                                   '(as X-API-Key or Authorization: Bearer; the health endpoints stay open). It is read from the '
-                                   'environment only, so that it never shows in the process list.')
-    s.add_argument('model_dir', metavar='MODEL_DIR', help='model folder, ONNX export folder (with --backend onnx), Hugging Face name, "default" or "tiny"')
-    s.add_argument('--host', default='127.0.0.1', help=f'interface to bind; beyond loopback, set {_API_KEY_ENV} (default: 127.0.0.1)')
-    s.add_argument('--port', type=int, default=8000, help='TCP port (default: 8000)')
-    s.add_argument('--backend', choices=('torch', 'onnx'), default='torch', help='torch, or onnx: an export made by `clip-workbench export`, run by onnxruntime (default: torch)')
-    s.add_argument('--domain', default=None, help='domain whose prompt templates /v1/classify uses: general, medical, industrial, scientific (default: general)')
-    s.add_argument('--device', default=None, help='torch backend: auto, cpu, cuda, cuda:N or mps (default: auto)')
-    s.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'), default=None, help='torch backend: run the model in this dtype (default: as stored)')
+# %% ../nbs/11_cli.ipynb #dd6c6562
+_API_KEY_ENV = 'CLIP_WORKBENCH_API_KEY'  # serve.API_KEY_ENV, written out so that --help needs no server imports
+
+# %% ../nbs/11_cli.ipynb #c1000055
+def _serve_banner(args) -> str:
+    "The line `serve` prints on stderr before loading: the model, the backend, the address, whether a key is needed."
+    key = (f'required ({_API_KEY_ENV} is set)' if os.environ.get(_API_KEY_ENV)
+           else f'not required (set {_API_KEY_ENV} to require one)')
+    url = f"http://[{args.host}]:{args.port}" if ':' in args.host else f"http://{args.host}:{args.port}"
+    return f"clip-workbench serve: loading {args.model_dir} ({args.backend} backend) to serve on {url}; API key {key}"
+
+# %% ../nbs/11_cli.ipynb #c1000057
+def cmd_serve(args) -> int:
+    "Serve a model over HTTP (embeddings, similarity, zero-shot classification) until interrupted."
+    if args.backend == 'onnx' and (args.device or args.dtype):
+        raise CLIPFinetuningError("--device and --dtype apply to --backend torch; the onnx backend runs on "
+                                  "onnxruntime's providers (CUDA if available, else CPU)")
+    from clip_workbench.serve import serve
+    print(_serve_banner(args), file=sys.stderr, flush=True)
+    limits = ('max_batch_size', 'max_wait_ms', 'max_queue', 'max_items', 'max_body_bytes', 'max_image_pixels')
+    serve(args.model_dir, host=args.host, port=args.port, log_level=args.log_level, backend=args.backend,
+          domain=args.domain, device=args.device, dtype=args.dtype, request_timeout_s=args.request_timeout,
+          **{k: getattr(args, k) for k in limits})
+    return 0
+
+# %% ../nbs/11_cli.ipynb #c1000059
+def _serve_limits(s):
+    "Add the options that bound `serve`'s batching, queue and requests to the sub-parser `s`."
     s.add_argument('--max-batch-size', type=int, default=32, help='items per forward pass (default: 32)')
-    s.add_argument('--max-wait-ms', type=float, default=5.0, help='longest wait for a batch to fill, in ms (default: 5)')
-    s.add_argument('--max-queue', type=int, default=1024, help='items waiting at most; beyond: 429 with Retry-After (default: 1024)')
+    s.add_argument('--max-wait-ms', type=float, default=5.0,
+                   help='longest wait for a batch to fill, in ms (default: 5)')
+    s.add_argument('--max-queue', type=int, default=1024,
+                   help='items waiting at most; beyond: 429 with Retry-After (default: 1024)')
     s.add_argument('--max-items', type=int, default=64, help='texts + images per request; beyond: 422 (default: 64)')
-    s.add_argument('--max-body-bytes', type=int, default=16 * 2**20, help='request body cap; beyond: 413 (default: 16777216, 16 MiB)')
-    s.add_argument('--max-image-pixels', type=int, default=40_000_000, help='pixels per image, against decompression bombs; beyond: 400 (default: 40000000)')
+    s.add_argument('--max-body-bytes', type=int, default=16 * 2**20,
+                   help='request body cap; beyond: 413 (default: 16777216, 16 MiB)')
+    s.add_argument('--max-image-pixels', type=int, default=40_000_000,
+                   help='pixels per image, against decompression bombs; beyond: 400 (default: 40000000)')
     s.add_argument('--request-timeout', type=float, default=30.0, help='seconds per request; beyond: 504 (default: 30)')
-    s.add_argument('--log-level', choices=('critical', 'error', 'warning', 'info', 'debug', 'trace'), default='info', help="uvicorn's log level (default: info)")
+    s.add_argument('--log-level', choices=('critical', 'error', 'warning', 'info', 'debug', 'trace'), default='info',
+                   help="uvicorn's log level (default: info)")
+
+# %% ../nbs/11_cli.ipynb #c1000058
+def _serve_parser(sub):
+    "Add the `serve` sub-command to the sub-parsers `sub`."
+    s = sub.add_parser('serve', help='serve embeddings, similarity and zero-shot classification over HTTP',
+                       description='Serve MODEL_DIR over HTTP until interrupted: POST /v1/embeddings, /v1/similarity, '
+                                   '/v1/classify; GET /v1/models, /health/live, /health/ready, /metrics. '
+                                   f'API key: set the environment variable {_API_KEY_ENV} to require it on every '
+                                   'request (as X-API-Key or Authorization: Bearer; the health endpoints stay '
+                                   'open). It is read from the environment only, so that it never shows in the '
+                                   'process list.')
+    s.add_argument('model_dir', metavar='MODEL_DIR',
+                   help='model folder, ONNX export folder (with --backend onnx), Hugging Face name, "default" or '
+                        '"tiny"')
+    s.add_argument('--host', default='127.0.0.1',
+                   help=f'interface to bind; beyond loopback, set {_API_KEY_ENV} (default: 127.0.0.1)')
+    s.add_argument('--port', type=int, default=8000, help='TCP port (default: 8000)')
+    s.add_argument('--backend', choices=('torch', 'onnx'), default='torch',
+                   help='torch, or onnx: an export made by `clip-workbench export`, run by onnxruntime (default: '
+                        'torch)')
+    s.add_argument('--domain', default=None,
+                   help='domain whose prompt templates /v1/classify uses: general, medical, industrial, scientific '
+                        '(default: general)')
+    s.add_argument('--device', default=None, help='torch backend: auto, cpu, cuda, cuda:N or mps (default: auto)')
+    s.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'), default=None,
+                   help='torch backend: run the model in this dtype (default: as stored)')
+    _serve_limits(s)
     s.set_defaults(func=cmd_serve)
+
+# %% ../nbs/11_cli.ipynb #656ade8f
+def build_parser() -> argparse.ArgumentParser:
+    "The `clip-workbench` argument parser with all sub-commands."
+    p = argparse.ArgumentParser(prog='clip-workbench',
+                                description='Fine-tune, evaluate and serve CLIP-style models on your own domain.')
+    sub = p.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for add in (_info_parser, _data_parser, _train_parser, _evaluate_parser, _predict_parser, _demo_parser,
+                _export_parser, _serve_parser): add(sub)  # in the order `--help` lists them
     return p
 
+# %% ../nbs/11_cli.ipynb #c1000063
 def main(argv=None) -> int:
     "Entry point of `clip-workbench`; returns the exit status."
     args = build_parser().parse_args(argv)

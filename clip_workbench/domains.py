@@ -20,7 +20,37 @@ from .losses import list_losses
 __all__ = ['DOMAINS', 'BUILT_IN_DOMAINS', 'DomainPreset', 'normalize_class_name', 'register_domain', 'get_domain', 'load_domain',
            'domain_template']
 
-# %% ../nbs/07_domains.ipynb #6bf90bc9
+# %% ../nbs/07_domains.ipynb #1c9d012b
+def _check_name(p):
+    "A domain's name: lower-case letters, digits, '-' or '_', starting with a letter."
+    if not p.name or not re.fullmatch(r'[a-z][a-z0-9_-]*', p.name):
+        raise ConfigError(f"domain name {p.name!r}: use lower-case letters, digits, '-' or '_', starting with a letter")
+
+# %% ../nbs/07_domains.ipynb #d79dbab6
+def _check_templates(p):
+    "At least one template, each with a '{}' for the class name."
+    if not p.templates or any('{}' not in t for t in p.templates):
+        raise ConfigError(f"domain {p.name!r}: every template needs a '{{}}' where the class name goes; "
+                          f"got {p.templates}")
+
+# %% ../nbs/07_domains.ipynb #fe2e879b
+def _check_schedule(p):
+    "The learning rate and the epochs, when the preset sets them."
+    if p.learning_rate is not None and not (isinstance(p.learning_rate, (int, float)) and p.learning_rate > 0):
+        raise ConfigError(f"domain {p.name!r}: learning_rate must be a number > 0 or null; got {p.learning_rate!r}")
+    if p.num_epochs is not None and not (type(p.num_epochs) is int and p.num_epochs >= 1):
+        raise ConfigError(f"domain {p.name!r}: num_epochs must be an integer >= 1 or null; got {p.num_epochs!r}")
+
+# %% ../nbs/07_domains.ipynb #046eb4b6
+def _check_components(p):
+    "The loss and the augmentation preset are ones that exist."
+    if p.loss is not None and p.loss not in list_losses():
+        raise ConfigError(f"domain {p.name!r}: unknown loss {p.loss!r}; known: {', '.join(list_losses())}")
+    if p.augmentation not in (*AUGMENTATION_PRESETS, 'none'):
+        raise ConfigError(f"domain {p.name!r}: unknown augmentation {p.augmentation!r}; "
+                          f"known: {', '.join(AUGMENTATION_PRESETS)}, 'none'")
+
+# %% ../nbs/07_domains.ipynb #17dbdf67
 @dataclass
 class DomainPreset:
     "Everything a domain sets: prompts, class-name normalisation, hyperparameters, loss, augmentation, metrics."
@@ -37,66 +67,70 @@ class DomainPreset:
     metrics: list = field(default_factory=lambda: ['zero_shot', 'retrieval'])
 
     def __post_init__(self):
-        if not self.name or not re.fullmatch(r'[a-z][a-z0-9_-]*', self.name):
-            raise ConfigError(f"domain name {self.name!r}: use lower-case letters, digits, '-' or '_', starting with a letter")
-        if not self.templates or any('{}' not in t for t in self.templates):
-            raise ConfigError(f"domain {self.name!r}: every template needs a '{{}}' where the class name goes; got {self.templates}")
-        if self.learning_rate is not None and not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            raise ConfigError(f"domain {self.name!r}: learning_rate must be a number > 0 or null; got {self.learning_rate!r}")
-        if self.num_epochs is not None and not (type(self.num_epochs) is int and self.num_epochs >= 1):
-            raise ConfigError(f"domain {self.name!r}: num_epochs must be an integer >= 1 or null; got {self.num_epochs!r}")
-        if self.loss is not None and self.loss not in list_losses():
-            raise ConfigError(f"domain {self.name!r}: unknown loss {self.loss!r}; known: {', '.join(list_losses())}")
-        if self.augmentation not in (*AUGMENTATION_PRESETS, 'none'):
-            raise ConfigError(f"domain {self.name!r}: unknown augmentation {self.augmentation!r}; known: {', '.join(AUGMENTATION_PRESETS)}, 'none'")
+        for check in (_check_name, _check_templates, _check_schedule, _check_components): check(self)
 
-# %% ../nbs/07_domains.ipynb #fd1e380b
+# %% ../nbs/07_domains.ipynb #15b01078
 def normalize_class_name(name:str) -> str:
     "Lower-case, '_' and '-' to spaces, whitespace collapsed: 'Slope_drain-Blocked' -> 'slope drain blocked'."
     return re.sub(r'\s+', ' ', re.sub(r'[_\-]+', ' ', str(name))).strip().lower()
 
+# %% ../nbs/07_domains.ipynb #d3261959
 @patch
 def canonical_class(self:DomainPreset, name:str) -> str:
     "The class name as this domain writes it in prompts."
     n = normalize_class_name(name)
     return self.class_aliases.get(n, n)
 
+# %% ../nbs/07_domains.ipynb #9ac9f7a9
 @patch
 def prompts(self:DomainPreset, class_name:str) -> list[str]:
     "Every template of this domain filled with the canonical class name."
     return [t.format(self.canonical_class(class_name)) for t in self.templates]
 
-# %% ../nbs/07_domains.ipynb #030cc12d
+# %% ../nbs/07_domains.ipynb #5154e9c0
 DOMAINS = {}
 
+# %% ../nbs/07_domains.ipynb #83879ece
 def register_domain(preset:DomainPreset, overwrite:bool=False) -> DomainPreset:
     "Make a preset available by name (to `get_domain` and the config's `domain` field)."
-    if preset.name in DOMAINS and not overwrite: raise ConfigError(f"domain {preset.name!r} already exists; pass overwrite=True to replace it")
+    if preset.name in DOMAINS and not overwrite:
+        raise ConfigError(f"domain {preset.name!r} already exists; pass overwrite=True to replace it")
     DOMAINS[preset.name] = preset
     return preset
 
+# %% ../nbs/07_domains.ipynb #00c8e7d2
 register_domain(DomainPreset('general', 'everyday photographs',
     templates=['a photo of a {}.', 'a close-up photo of a {}.', 'an image of a {}.']))
+
+# %% ../nbs/07_domains.ipynb #d5e9d83f
 register_domain(DomainPreset('medical', 'radiology, pathology and other clinical images (often grayscale)',
     templates=['a medical image showing {}.', 'a radiograph with {}.', 'a scan with findings of {}.'],
-    class_aliases={'normal': 'no finding', 'no findings': 'no finding', 'healthy': 'no finding'}, normal_labels=['no finding'],
-    augmentation='grayscale', metrics=['zero_shot', 'retrieval', 'few_shot']))
+    class_aliases={'normal': 'no finding', 'no findings': 'no finding', 'healthy': 'no finding'},
+    normal_labels=['no finding'], augmentation='grayscale', metrics=['zero_shot', 'retrieval', 'few_shot']))
+
+# %% ../nbs/07_domains.ipynb #c2c00971
 register_domain(DomainPreset('industrial', 'visual inspection of manufactured parts and materials',
     templates=['a photo of {}.', 'an inspection image of {}.', 'a close-up of {} on a production line.'],
     class_aliases={'ok': 'nominal', 'good': 'nominal', 'normal': 'nominal', 'no defect': 'nominal'},
     normal_labels=['nominal'], augmentation='geometric',
     metrics=['zero_shot', 'few_shot']))
+
+# %% ../nbs/07_domains.ipynb #d8bc4f87
 register_domain(DomainPreset('scientific', 'figures, micrographs and instrument images from research',
     templates=['a scientific image of {}.', 'a micrograph of {}.', 'a figure showing {}.'],
     augmentation='light', metrics=['zero_shot', 'retrieval']))
 
+# %% ../nbs/07_domains.ipynb #59d22731
 BUILT_IN_DOMAINS = tuple(DOMAINS)  # the presets that ship, before any user registers one
 
+# %% ../nbs/07_domains.ipynb #87a6c4c9
 def get_domain(name:str # a registered name, or the path of a domain YAML file (see `load_domain`)
               ) -> DomainPreset:
-    "A registered preset by name, or one read from a YAML file (not registered: reading a run's config changes nothing); the error lists the names there are."
-    if str(name).endswith(('.yaml', '.yml')): return load_domain(name, register=False)
-    if name not in DOMAINS: raise ConfigError(f"config field 'domain': unknown domain {name!r}; known: {', '.join(DOMAINS)} (or register one with register_domain / load_domain)")
+    "A registered preset by name, or one read (not registered) from a YAML file; the error lists the names there are."
+    if str(name).endswith(('.yaml', '.yml')): return load_domain(name, register=False)  # reading changes nothing
+    if name not in DOMAINS:
+        raise ConfigError(f"config field 'domain': unknown domain {name!r}; known: {', '.join(DOMAINS)} "
+                          "(or register one with register_domain / load_domain)")
     return DOMAINS[name]
 
 # %% ../nbs/07_domains.ipynb #a51e3815
@@ -106,24 +140,31 @@ def normal_class(self:DomainPreset, class_names:Sequence[str]) -> Optional[str]:
     normal = {self.canonical_class(n) for n in self.normal_labels}
     return next((c for c in class_names if self.canonical_class(c) in normal), None)
 
-# %% ../nbs/07_domains.ipynb #55a0e594
-def load_domain(path, register:bool=True) -> DomainPreset:
-    "Read a DomainPreset from YAML (unknown keys are errors) and register it."
-    path = Path(path)
+# %% ../nbs/07_domains.ipynb #f6d50761
+def _read_domain_file(path:Path) -> dict:
+    "The fields of a domain YAML file, refusing unknown ones."
     if not path.is_file(): raise ConfigError(f"domain file not found: {path}")
     d = yaml.safe_load(path.read_text(encoding='utf-8')) or {}
     if not isinstance(d, dict): raise ConfigError(f"{path}: expected a mapping of field: value")
     known = [f.name for f in fields(DomainPreset)]
     bad = [k for k in d if k not in known]
     if bad: raise ConfigError(f"{path}: unknown domain field(s) {', '.join(map(repr, bad))}; known: {', '.join(known)}")
+    return d
+
+# %% ../nbs/07_domains.ipynb #e87dd8ee
+def load_domain(path, register:bool=True) -> DomainPreset:
+    "Read a DomainPreset from YAML (unknown keys are errors) and register it."
+    path = Path(path)
+    d = _read_domain_file(path)
     try: preset = DomainPreset(**d)
-    except TypeError as e: raise ConfigError(f"{path}: {e}") from None
-    except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
+    except (TypeError, ConfigError) as e: raise ConfigError(f"{path}: {e}") from None
     return register_domain(preset, overwrite=True) if register else preset
 
+# %% ../nbs/07_domains.ipynb #4ab7fa1a
 def domain_template(path) -> Path:
     "Write a commented YAML template for a custom domain to `path`."
+    example = DomainPreset('my-domain', 'what the images show', templates=['a photo of {}.'])
     text = ("# A custom clip_workbench domain. Every field but name is optional.\n"
-            + yaml.safe_dump(asdict(DomainPreset('my-domain', 'what the images show', templates=['a photo of {}.'])), sort_keys=False))
+            + yaml.safe_dump(asdict(example), sort_keys=False))
     Path(path).write_text(text, encoding='utf-8')
     return Path(path)

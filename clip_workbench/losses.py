@@ -4,817 +4,75 @@
 
 # %% ../nbs/03_losses.ipynb #62059343
 from __future__ import annotations
-import difflib, inspect, math, random
-from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+import difflib, importlib, inspect, warnings
+from typing import Optional
 
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 from fastcore.basics import patch
 
 from .core import CLIPFinetuningConfig, ConfigError, DataError
+from .temperature import SCHEDULES, TemperatureScheduler
+from .contrastive import LOSSES, register_loss, ImageTextLoss, CLIPContrastiveLoss, SigLIPLoss
+from .domain_losses import (STRATEGIES, DomainSpecificLoss, ClassPromptLoss, HardNegativeMiningLoss,
+                                          MultiScaleLoss, focal_loss, inverse_frequency_weights, FocalLoss)
 
 # %% auto #0
-__all__ = ['LOSSES', 'SCHEDULES', 'STRATEGIES', 'RUN_ARGS', 'EXPLORER_LOSSES', 'register_loss', 'TemperatureScheduler',
-           'ImageTextLoss', 'CLIPContrastiveLoss', 'SigLIPLoss', 'DomainSpecificLoss', 'ClassPromptLoss',
-           'HardNegativeMiningLoss', 'MultiScaleLoss', 'focal_loss', 'inverse_frequency_weights', 'FocalLoss',
-           'list_losses', 'get_loss', 'check_loss_config', 'loss_from_config', 'CombinedLoss', 'TuningResult',
-           'tune_loss_params', 'merge_loss_params', 'check_tune_space', 'linear_adapter_objective', 'synthetic_batch',
-           'explore_plot', 'loss_explorer']
+__all__ = ['RUN_ARGS', 'list_losses', 'get_loss', 'check_loss_config', 'loss_from_config', 'CombinedLoss', 'SCHEDULES',
+           'TemperatureScheduler', 'LOSSES', 'register_loss', 'ImageTextLoss', 'CLIPContrastiveLoss', 'SigLIPLoss',
+           'STRATEGIES', 'DomainSpecificLoss', 'ClassPromptLoss', 'HardNegativeMiningLoss', 'MultiScaleLoss',
+           'focal_loss', 'inverse_frequency_weights', 'FocalLoss']
 
-# %% ../nbs/03_losses.ipynb #9896cf5c
-def _check_features(image_features, text_features, same_rows:bool=True):
-    "Validate a pair of feature matrices; return them in a common float dtype (half precision upcast to float32)."
-    for name, t in (('image_features', image_features), ('text_features', text_features)):
-        if not isinstance(t, torch.Tensor): raise DataError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(t).__name__}")
-        if t.ndim != 2: raise DataError(f"{name} must have shape (batch, dim), got shape {tuple(t.shape)}")
-        if not t.is_floating_point(): raise DataError(f"{name} must be floating point, got {t.dtype}")
-    i, t = image_features, text_features
-    if i.shape[1] != t.shape[1] or (same_rows and i.shape[0] != t.shape[0]):
-        what = 'the same shape (batch, dim)' if same_rows else 'the same feature dimension'
-        raise DataError(f"image_features and text_features must have {what}: got {tuple(i.shape)} and {tuple(t.shape)}")
-    if i.shape[0] == 0 or t.shape[0] == 0: raise DataError("empty batch: the features have 0 rows")
-    if not (torch.isfinite(i).all() and torch.isfinite(t).all()):
-        raise DataError("features contain NaN or inf (a diverged model or a bad input); lower the learning rate or check the inputs")
-    dt = torch.promote_types(i.dtype, t.dtype)
-    if dt in (torch.float16, torch.bfloat16): dt = torch.float32
-    return i.to(dt), t.to(dt)
+# %% ../nbs/03_losses.ipynb #29df5c5c
+_all_ = ['SCHEDULES', 'TemperatureScheduler', 'LOSSES', 'register_loss', 'ImageTextLoss', 'CLIPContrastiveLoss',
+         'SigLIPLoss', 'STRATEGIES', 'DomainSpecificLoss', 'ClassPromptLoss', 'HardNegativeMiningLoss',
+         'MultiScaleLoss', 'focal_loss', 'inverse_frequency_weights', 'FocalLoss']  # the moved tuning and explorer names: __getattr__ below
 
-# %% ../nbs/03_losses.ipynb #74217cc1
-def _check_labels(labels, n:int, device=None, name:str='labels'):
-    "Labels as a LongTensor of `n` class indices plus the {label: index} map used for non-tensor labels (None for tensors)."
-    if labels is None: return None, None
-    mapping = None
-    if isinstance(labels, torch.Tensor):
-        if labels.ndim != 1: raise DataError(f"{name} must be one-dimensional (one label per pair), got shape {tuple(labels.shape)}")
-        if labels.is_floating_point(): raise DataError(f"{name} must hold integer class indices or class names, got a {labels.dtype} tensor")
-        lab = labels.long()
-    else:
-        labels, mapping = list(labels), {}
-        lab = torch.tensor([mapping.setdefault(l, len(mapping)) for l in labels], dtype=torch.long)
-    if len(lab) != n: raise DataError(f"{name} has {len(lab)} entries but the batch has {n} image-text pairs; pass one label per pair")
-    return lab.to(device) if device is not None else lab, mapping
+# %% ../nbs/03_losses.ipynb #63f17df0
+def _loss_key(name) -> str: return str(name).lower().replace('-', '_')
 
-# %% ../nbs/03_losses.ipynb #9827877c
-def _check_temperature(t, name:str='temperature'):
-    "Refuse a temperature that is not a positive finite number."
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-        raise ConfigError(f"{name} must be a number > 0 (it divides the cosine similarities; CLIP starts at 0.07), got {t!r}")
-    return float(t)
+def _dym(key, options) -> str:
+    "'; did you mean ...?' with the option `key` begins, or the closest one ('' if none is close)."
+    close = [o for o in options if o.startswith(str(key))][:1] or difflib.get_close_matches(str(key), options, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ''
 
-def _check_scale(logit_scale, like:torch.Tensor) -> torch.Tensor:
-    "`logit_scale` as a 0-dim tensor with `like`'s dtype and device; refuse values <= 0."
-    s = logit_scale if isinstance(logit_scale, torch.Tensor) else torch.tensor(float(logit_scale))
-    if s.numel() != 1: raise ConfigError(f"logit_scale must be a single number, got shape {tuple(s.shape)}")
-    s = s.reshape(()).to(like)
-    if not bool(s.detach() > 0):
-        raise ConfigError(f"logit_scale must be > 0: it multiplies the cosine similarities and is already exponentiated "
-                          f"(pass model.logit_scale.exp(), not the log), got {s.item():g}")
-    return s
-
-# %% ../nbs/03_losses.ipynb #70d41fed
-LOSSES: dict = {}
-
-def register_loss(name:str, # the name a config uses, e.g. "clip"
-                  *aliases:str # other accepted names
-                 ):
-    "Class decorator: make a loss available to `get_loss` under `name` and `aliases`."
-    def _reg(cls):
-        for n in (name, *aliases): LOSSES[n.lower()] = cls
-        cls.loss_name = name
-        return cls
-    return _reg
-
-# %% ../nbs/03_losses.ipynb #39a8d629
-SCHEDULES = ('constant', 'warmup', 'cosine', 'exponential', 'adaptive')
-
-class TemperatureScheduler:
-    "A softmax temperature that follows a schedule over training steps (or reacts to a loss plateau), bounded by [min_temp, max_temp]."
-    def __init__(self,
-                 initial_temp:float=0.07, # temperature after warmup (the start of 'cosine'/'exponential'/'adaptive')
-                 schedule_type:str='constant', # constant, warmup, cosine, exponential or adaptive
-                 min_temp:float=0.01, # lower bound; also where 'cosine' ends unless final_temp is given
-                 max_temp:float=1.0, # upper bound; also where warmup starts unless warmup_start_temp is given
-                 warmup_steps:int=0, # steps of linear change from warmup_start_temp to initial_temp (every schedule)
-                 total_steps:Optional[int]=None, # length of the 'cosine' schedule, warmup included
-                 final_temp:Optional[float]=None, # end point of 'cosine' (default: min_temp)
-                 decay_rate:float=0.999, # 'exponential': factor per step
-                 warmup_start_temp:Optional[float]=None, # start of the warmup (default: max_temp)
-                 patience:int=100, # 'adaptive': steps without improvement before the temperature changes
-                 factor:float=0.5, # 'adaptive': multiplier applied at a plateau (< 1 sharpens the softmax)
-                 threshold:float=1e-3, # 'adaptive': relative decrease of the loss that counts as improvement
-                ):
-        st = str(schedule_type).lower()
-        if st not in SCHEDULES:
-            close = difflib.get_close_matches(st, SCHEDULES, n=1)
-            raise ConfigError(f"schedule_type {schedule_type!r} is unknown{'; did you mean ' + repr(close[0]) + '?' if close else ''} (choose one of {', '.join(SCHEDULES)})")
-        for n, v in (('initial_temp', initial_temp), ('min_temp', min_temp), ('max_temp', max_temp)): _check_temperature(v, n)
-        if not min_temp <= initial_temp <= max_temp:
-            raise ConfigError(f"temperatures must satisfy min_temp <= initial_temp <= max_temp, got {min_temp} <= {initial_temp} <= {max_temp}")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0: raise ConfigError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-        if st == 'cosine' and (total_steps is None or total_steps <= warmup_steps):
-            raise ConfigError(f"the 'cosine' schedule needs total_steps > warmup_steps ({warmup_steps}), got total_steps={total_steps!r}")
-        if not 0 < decay_rate <= 1: raise ConfigError(f"decay_rate must be in (0, 1], got {decay_rate!r}")
-        if not factor > 0: raise ConfigError(f"factor must be > 0, got {factor!r}")
-        self.initial_temp, self.schedule_type, self.min_temp, self.max_temp = float(initial_temp), st, float(min_temp), float(max_temp)
-        self.warmup_steps, self.total_steps, self.decay_rate = warmup_steps, total_steps, decay_rate
-        self.final_temp = self.min_temp if final_temp is None else _check_temperature(final_temp, 'final_temp')
-        self.warmup_start_temp = self.max_temp if warmup_start_temp is None else _check_temperature(warmup_start_temp, 'warmup_start_temp')
-        self.patience, self.factor, self.threshold = patience, factor, threshold
-        self.current_step, self._adaptive, self._best, self._bad = 0, self.initial_temp, math.inf, 0
-
-# %% ../nbs/03_losses.ipynb #995f4239
-@patch
-def _clip(self:TemperatureScheduler, t:float) -> float: return min(self.max_temp, max(self.min_temp, t))
-
-@patch
-def get_temperature(self:TemperatureScheduler, step:Optional[int]=None) -> float:
-    "The temperature at `step` (default: the current step)."
-    step = self.current_step if step is None else step
-    w = self.warmup_steps
-    if step < w: return self._clip(self.warmup_start_temp + (self.initial_temp - self.warmup_start_temp) * step / w)
-    s = step - w
-    if self.schedule_type == 'cosine':
-        frac = min(1.0, s / (self.total_steps - w))
-        return self._clip(self.final_temp + 0.5 * (self.initial_temp - self.final_temp) * (1 + math.cos(math.pi * frac)))
-    if self.schedule_type == 'exponential': return self._clip(self.initial_temp * self.decay_rate ** s)
-    if self.schedule_type == 'adaptive': return self._clip(self._adaptive)
-    return self._clip(self.initial_temp)
-
-@patch(as_prop=True)
-def temperature(self:TemperatureScheduler) -> float:
-    "The current temperature."
-    return self.get_temperature()
-
-# %% ../nbs/03_losses.ipynb #e78f4b21
-@patch
-def step(self:TemperatureScheduler,
-         step:Optional[int]=None, # the global step (default: one more than the last)
-         loss:Optional[float]=None # the latest loss ('adaptive' watches it for plateaus)
-        ) -> float:
-    "Advance to `step` and return the new temperature."
-    self.current_step = self.current_step + 1 if step is None else int(step)
-    if self.schedule_type == 'adaptive' and loss is not None and self.current_step >= self.warmup_steps:
-        loss = float(loss)
-        if math.isinf(self._best) or loss < self._best - self.threshold * abs(self._best): self._best, self._bad = loss, 0
-        else:
-            self._bad += 1
-            if self._bad > self.patience: self._adaptive, self._bad = self._clip(self._adaptive * self.factor), 0
-    return self.temperature
-
-@patch
-def state_dict(self:TemperatureScheduler) -> dict:
-    "The scheduler's state, for checkpoints."
-    return dict(current_step=self.current_step, adaptive=self._adaptive, best=self._best, bad=self._bad)
-
-@patch
-def load_state_dict(self:TemperatureScheduler, d:dict):
-    "Restore a state saved by `state_dict`."
-    self.current_step, self._adaptive, self._best, self._bad = d['current_step'], d['adaptive'], d['best'], d['bad']
-    return self
-
-# %% ../nbs/03_losses.ipynb #a12a6c34
-@patch
-def plot(self:TemperatureScheduler, steps:int=1000, ax=None):
-    "Plot the temperature over `steps` steps (not meaningful for 'adaptive', whose path depends on the losses)."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(5, 3))
-    ax.plot(range(steps), [self.get_temperature(i) for i in range(steps)], label=self.schedule_type)
-    ax.set(xlabel='step', ylabel='temperature'); ax.legend()
-    return ax
-
-# %% ../nbs/03_losses.ipynb #a58673e5
-class ImageTextLoss(nn.Module):
-    "Base of every loss: the call shape, input checks, temperature (fixed, learnable or scheduled) and distributed arguments."
-    loss_name = 'loss'
-    def __init__(self,
-                 temperature:float=0.07, # softmax temperature when no logit_scale is passed (logit scale = 1/temperature)
-                 learnable_temp:bool=False, # learn log(1/temperature), as CLIP does
-                 scheduler:Optional[TemperatureScheduler]=None, # take the temperature from this schedule
-                 max_logit_scale:Optional[float]=100.0, # clamp of a learnable logit scale (CLIP: 100); None: no clamp
-                 rank:int=0, # this process's index among world_size processes
-                 world_size:int=1, # number of processes whose features are gathered
-                 local_loss:bool=False, # compare only this process's rows against all gathered columns
-                 gather_fn:Optional[Callable]=None, # tensor (n, ...) -> (world_size*n, ...) in rank order, gradient kept for the local part
-                ):
-        super().__init__()
-        _check_temperature(temperature)
-        if scheduler is not None and learnable_temp: raise ConfigError("learnable_temp=True and a scheduler both set the temperature; choose one")
-        if scheduler is not None and not isinstance(scheduler, TemperatureScheduler): raise ConfigError(f"scheduler must be a TemperatureScheduler, got {type(scheduler).__name__}")
-        if max_logit_scale is not None and max_logit_scale <= 0: raise ConfigError(f"max_logit_scale must be > 0 or None, got {max_logit_scale!r}")
-        if learnable_temp and max_logit_scale is not None and 1 / temperature > max_logit_scale:
-            raise ConfigError(f"temperature {temperature} means a logit scale of {1/temperature:g}, above max_logit_scale={max_logit_scale:g}; raise the temperature or max_logit_scale")
-        self.learnable_temp, self.scheduler, self.max_logit_scale = learnable_temp, scheduler, max_logit_scale
-        if learnable_temp: self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
-        else: self._temperature = float(temperature)
-        _check_distributed(rank, world_size, gather_fn)
-        self.rank, self.world_size, self.local_loss, self.gather_fn = rank, world_size, local_loss, gather_fn
-        self.watch_similarities, self.last_similarities = False, None
-
-# %% ../nbs/03_losses.ipynb #ae219228
-def _check_distributed(rank, world_size, gather_fn):
-    "Refuse inconsistent distributed arguments."
-    if not isinstance(world_size, int) or world_size < 1: raise ConfigError(f"world_size must be an integer >= 1, got {world_size!r}")
-    if not isinstance(rank, int) or not 0 <= rank < world_size: raise ConfigError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
-    if world_size > 1 and gather_fn is None:
-        raise ConfigError(f"world_size={world_size} needs gather_fn, a function that gathers a tensor from every process "
-                          "(clip_workbench.distributed provides one); with a single process leave world_size=1")
-
-@patch(as_prop=True)
-def temperature(self:ImageTextLoss) -> float:
-    "The loss's own temperature now (1 / its logit scale)."
-    if self.scheduler is not None: return self.scheduler.temperature
-    if self.learnable_temp: return 1 / self.logit_scale().item()
-    return self._temperature
-
-@patch
-def _set_temperature(self:ImageTextLoss, t:float):
-    t = _check_temperature(t)
-    if self.scheduler is not None: raise ConfigError("this loss takes its temperature from its scheduler; step the scheduler instead of setting temperature")
-    if self.learnable_temp:
-        with torch.no_grad(): self.log_logit_scale.fill_(math.log(1 / t))
-    else: self._temperature = t
-
-ImageTextLoss.temperature = ImageTextLoss.temperature.setter(ImageTextLoss._set_temperature)
-
-# %% ../nbs/03_losses.ipynb #c81f580a
-@patch
-def logit_scale(self:ImageTextLoss, like:Optional[torch.Tensor]=None) -> torch.Tensor:
-    "The loss's own logit scale, 1 / temperature (carrying gradient when learnable), in `like`'s dtype and device."
-    if self.learnable_temp:
-        s = self.log_logit_scale.exp()
-        s = s.clamp(max=self.max_logit_scale) if self.max_logit_scale is not None else s
-        return s if like is None else s.to(like)
-    return torch.tensor(1 / self.temperature, dtype=torch.get_default_dtype() if like is None else like.dtype,
-                        device=None if like is None else like.device)
-
-@patch
-def _scale(self:ImageTextLoss, logit_scale, like:torch.Tensor) -> torch.Tensor:
-    "The scale for this call: the caller's (checked) or the loss's own."
-    return self.logit_scale(like) if logit_scale is None else _check_scale(logit_scale, like)
-
-@patch
-def _cos(self:ImageTextLoss, q:torch.Tensor, k:torch.Tensor) -> torch.Tensor:
-    "Cosine similarities of normalised rows; kept (with its gradient) in `last_similarities` when `watch_similarities` is on."
-    cos = q @ k.T
-    if self.watch_similarities:
-        if cos.requires_grad: cos.retain_grad()
-        self.last_similarities = cos
-    return cos
-
-# %% ../nbs/03_losses.ipynb #961519b2
-@patch
-def forward(self:ImageTextLoss,
-            image_features:torch.Tensor, # (batch, dim) image embeddings, normalised inside
-            text_features:torch.Tensor, # (batch, dim) text embeddings, row i paired with image row i, normalised inside
-            logit_scale=None, # multiplier of cosine similarities, already exponentiated; None: the loss's own
-            logit_bias=None, # additive logit bias (SigLIP); None: the loss's own, if any
-            labels=None # one class label per pair (ints or hashables); used by label-aware losses
-           ) -> dict:
-    "Check and normalise the features, then return the dict of named terms plus 'loss' (their weighted sum)."
-    img, txt = _check_features(image_features, text_features)
-    labels, self._label_map = _check_labels(labels, len(img), img.device)
-    if self._label_map is not None and self.world_size > 1:
-        raise DataError("with world_size > 1 pass labels as integer class indices (class names map to different indices on each process)")
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    return self.compute(img, txt, self._scale(logit_scale, img), logit_bias, labels)
-
-@patch
-def compute(self:ImageTextLoss, img, txt, scale, bias, labels) -> dict:
-    "The loss on normalised features; subclasses implement it."
-    raise NotImplementedError
-
-# %% ../nbs/03_losses.ipynb #74952636
-@patch
-def _gather(self:ImageTextLoss, t:torch.Tensor, name:str) -> torch.Tensor:
-    g = self.gather_fn(t)
-    if not isinstance(g, torch.Tensor) or len(g) != self.world_size * len(t):
-        raise DataError(f"gather_fn returned {getattr(g, 'shape', type(g).__name__)} for {name} of shape {tuple(t.shape)}; "
-                        f"expected {self.world_size * len(t)} rows (world_size x local rows, in rank order)")
-    return g
-
-@patch
-def _views(self:ImageTextLoss, img, txt, labels=None):
-    "(image rows, text rows, image columns, text columns, row labels, column labels, column offset of row 0's positive)."
-    if self.world_size == 1: return img, txt, img, txt, labels, labels, 0
-    ai, at = self._gather(img, 'image_features'), self._gather(txt, 'text_features')
-    al = None if labels is None else self._gather(labels, 'labels')
-    if self.local_loss: return img, txt, ai, at, labels, al, self.rank * len(img)
-    return ai, at, ai, at, al, al, 0
-
-# %% ../nbs/03_losses.ipynb #3f6b0795
-def _check_chunk(chunk_size):
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ConfigError(f"chunk_size must be an integer >= 1 (rows per block) or None (no chunking), got {chunk_size!r}")
-    return chunk_size
-
-@register_loss('clip', 'contrastive', 'infonce')
-class CLIPContrastiveLoss(ImageTextLoss):
-    "CLIP's symmetric InfoNCE: cross-entropy of image->text and text->image logits against the matching pair."
-    def __init__(self,
-                 temperature:float=0.07, # softmax temperature when no logit_scale is passed
-                 learnable_temp:bool=False, # learn log(1/temperature), clamped at max_logit_scale
-                 label_smoothing:float=0.0, # fraction of each target spread over all candidates
-                 chunk_size:Optional[int]=None, # rows per block for huge batches (None: the whole logit matrix at once)
-                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn (see ImageTextLoss)
-                ):
-        super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
-        if not 0 <= label_smoothing < 1: raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing, self.chunk_size = float(label_smoothing), _check_chunk(chunk_size)
-
-    def compute(self, img, txt, scale, bias, labels):
-        qi, qt, ki, kt, _, _, off = self._views(img, txt)
-        if self.chunk_size is not None and len(qi) > self.chunk_size:
-            i2t, t2i = _chunked_info_nce(qi, qt, ki, kt, scale, off, self.label_smoothing, self.chunk_size)
-        else:
-            li2t = scale * self._cos(qi, kt)
-            lt2i = li2t.T if qi is ki else scale * self._cos(qt, ki)
-            tgt = torch.arange(len(qi), device=qi.device) + off
-            i2t = F.cross_entropy(li2t, tgt, label_smoothing=self.label_smoothing)
-            t2i = F.cross_entropy(lt2i, tgt, label_smoothing=self.label_smoothing)
-        return dict(image_to_text_loss=i2t, text_to_image_loss=t2i, loss=(i2t + t2i) / 2)
-
-# %% ../nbs/03_losses.ipynb #6561784f
-class _ChunkedInfoNCE(torch.autograd.Function):
-    "Per-row (and per-column) cross-entropy of `scale * q @ k.T` against column `off + i`, label smoothing `eps`; one block of rows at a time, backward recomputing each block."
-    @staticmethod
-    def forward(ctx, q, k, scale, off:int, eps:float, chunk:int, cols:bool):
-        n, m = len(q), len(k)
-        row = q.new_empty(n)
-        cmax, csum = q.new_full((m,), -math.inf), q.new_zeros(m)
-        qs = q * scale                                # scaling the features, not every block of logits
-        for a in range(0, n, chunk):
-            z = qs[a:a + chunk] @ k.T
-            row[a:a + chunk] = torch.logsumexp(z, 1)
-            if cols:  # streaming logsumexp down the columns: rescale the running sum to the new maximum
-                mx = torch.maximum(cmax, z.amax(0))
-                csum.mul_((cmax - mx).exp_()).add_(z.sub_(mx).exp_().sum(0))
-                cmax = mx
-        pos = (qs * k[off:off + n]).sum(1)
-        row_ce = row - (1 - eps) * pos - (eps * (qs @ k.mean(0)) if eps else 0)
-        col = cmax + csum.log() if cols else q.new_zeros(0)
-        col_ce = col - (1 - eps) * pos - (eps * (k @ qs.mean(0)) if eps else 0) if cols else q.new_zeros(0)
-        ctx.save_for_backward(q, k, scale, row, col)
-        ctx.off, ctx.eps, ctx.chunk, ctx.cols = off, eps, chunk, cols
-        return row_ce, col_ce
-
-    @staticmethod
-    def backward(ctx, g_row, g_col):
-        q, k, scale, row, col = ctx.saved_tensors
-        off, eps, n, m = ctx.off, ctx.eps, len(q), len(k)
-        nq, nk, ns = ctx.needs_input_grad[:3]
-        qs, gk = q * scale, (torch.zeros_like(k) if nk else None)
-        gz_k = torch.empty_like(q)                    # dL/dz @ k, block by block: q's gradient / scale
-        for a in range(0, n, ctx.chunk):
-            b = min(a + ctx.chunk, n)
-            z = qs[a:b] @ k.T
-            G = (z - row[a:b, None]).exp_()          # row softmax ...
-            if eps: G.sub_(eps / m)
-            G.diagonal(off + a).sub_(1 - eps)        # ... minus the (smoothed) target
-            G.mul_(g_row[a:b, None])
-            if ctx.cols:                              # the column softmax, same treatment (square case: off = 0)
-                P = z.sub_(col).exp_()
-                if eps: P.sub_(eps / n)
-                P.diagonal(a).sub_(1 - eps)
-                G.addcmul_(P, g_col)
-            torch.mm(G, k, out=gz_k[a:b])
-            if nk: gk.addmm_(G.T, q[a:b])
-        gs = (gz_k * q).sum().reshape(scale.shape) if ns else None  # sum_ij G_ij q_i.k_j, without another pass over the blocks
-        return (gz_k.mul_(scale) if nq else None), (gk.mul_(scale) if nk else None), gs, None, None, None, None
-
-# %% ../nbs/03_losses.ipynb #b8119fb2
-def _chunked_info_nce(qi, qt, ki, kt, scale, off:int, eps:float, chunk:int):
-    "Image->text and text->image InfoNCE (label smoothing eps) without ever holding the full logit matrix."
-    if qi is ki and qt is kt:
-        r, c = _ChunkedInfoNCE.apply(qi, qt, scale, 0, eps, chunk, True)
-        return r.mean(), c.mean()
-    return (_ChunkedInfoNCE.apply(qi, kt, scale, off, eps, chunk, False)[0].mean(),
-            _ChunkedInfoNCE.apply(qt, ki, scale, off, eps, chunk, False)[0].mean())
-
-# %% ../nbs/03_losses.ipynb #ad8f4049
-def _rel(a:torch.Tensor, b:torch.Tensor) -> float:
-    "Relative difference |a-b| / |b| (Frobenius norms)."
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-def _value_and_grads(loss, img, txt, **kw):
-    "The loss value and the gradients of features and loss parameters, for comparisons."
-    loss.zero_grad()
-    i, t = img.detach().clone().requires_grad_(), txt.detach().clone().requires_grad_()
-    out = loss(i, t, **kw)
-    out['loss'].backward()
-    return out, [i.grad, t.grad] + [p.grad.clone() for p in loss.parameters()]
-
-def _compare_chunked(make:Callable, img, txt, chunk_size:int) -> dict:
-    "Worst relative differences between make(chunk_size=...) and make(): float32 values, feature and parameter gradients; each against float64; and in float64."
-    (o1, g1), (o2, g2) = [_value_and_grads(make(chunk_size=c), img, txt) for c in (None, chunk_size)]
-    (r1, h1), (r2, h2) = [_value_and_grads(make(chunk_size=c).double(), img.double(), txt.double()) for c in (None, chunk_size)]
-    return dict(values=max(_rel(o2[k], o1[k]) for k in o1),
-                feature_grads=max(_rel(a, b) for a, b in zip(g2[:2], g1[:2])),
-                param_grads=max([_rel(a, b) for a, b in zip(g2[2:], g1[2:])], default=0.0),
-                param_grads_vs_f64=max([_rel(a.double(), b) for g in (g1, g2) for a, b in zip(g[2:], h1[2:])], default=0.0),
-                float64=max([_rel(r2[k], r1[k]) for k in r1] + [_rel(a, b) for a, b in zip(h2, h1)]))
-
-# %% ../nbs/03_losses.ipynb #e237f00a
-@register_loss('siglip', 'sigmoid')
-class SigLIPLoss(ImageTextLoss):
-    "SigLIP's pairwise sigmoid loss, with learnable temperature and bias."
-    def __init__(self,
-                 temperature:float=0.1, # initial temperature (t' = log(1/temperature) = log 10 as in the paper)
-                 bias:float=-10.0, # initial logit bias b
-                 learnable_temp:bool=True, # learn t'
-                 learnable_bias:bool=True, # learn b
-                 chunk_size:Optional[int]=None, # rows per block for huge batches (None: all at once)
-                 max_logit_scale:Optional[float]=None, # clamp of the learnt scale (None: none, as in the paper)
-                 **kwargs # scheduler, rank, world_size, local_loss, gather_fn (see ImageTextLoss)
-                ):
-        super().__init__(temperature=temperature, learnable_temp=learnable_temp, max_logit_scale=max_logit_scale, **kwargs)
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias): raise ConfigError(f"bias must be a finite number, got {bias!r}")
-        b = torch.tensor(float(bias))
-        if learnable_bias: self.logit_bias = nn.Parameter(b)
-        else: self.register_buffer('logit_bias', b)
-        self.chunk_size = _check_chunk(chunk_size)
-
-    def compute(self, img, txt, scale, bias, labels):
-        qi, qt, ki, kt, _, _, off = self._views(img, txt)
-        b = self.logit_bias.to(scale) if bias is None else (bias if isinstance(bias, torch.Tensor) else torch.tensor(float(bias))).reshape(()).to(scale)
-        n = len(qi)
-        if self.chunk_size is not None and n > self.chunk_size:
-            pos_sum, neg_sum = _ChunkedSigLIP.apply(qi, kt, scale, b, off, self.chunk_size)
-            positive, negative = pos_sum / n, neg_sum / n
-        else:
-            z = scale * self._cos(qi, kt) + b
-            zd = z.diagonal(off)  # the positives; -log sigmoid(-z) = softplus(z) for the rest
-            positive = F.softplus(-zd).sum() / n
-            negative = (F.softplus(z).sum() - F.softplus(zd).sum()) / n
-        return dict(positive_loss=positive, negative_loss=negative, loss=positive + negative)
-
-# %% ../nbs/03_losses.ipynb #eec158a4
-class _ChunkedSigLIP(torch.autograd.Function):
-    "Sums over positives and negatives of -log sigmoid(label * (scale * q @ k.T + bias)), positives at column off + i; one block at a time, gradients accumulated on the way."
-    @staticmethod
-    def forward(ctx, q, k, scale, bias, off:int, chunk:int):
-        n = len(q)
-        pos_sum, neg_sum = (torch.zeros((), dtype=torch.float64, device=q.device) for _ in range(2))
-        eager = any(ctx.needs_input_grad[:4])
-        if eager:
-            gq, gk = torch.zeros_like(q), torch.zeros_like(k)
-            gs, gb = (torch.zeros((), dtype=torch.float64, device=q.device) for _ in range(2))
-            gpos, cpos = q.new_empty(n), q.new_empty(n)  # d/dz of the positives, and their cosines
-        for a in range(0, n, chunk):
-            b = min(a + chunk, n)
-            cos = q[a:b] @ k.T
-            z = (cos * scale).add_(bias)
-            d = z.diagonal(off + a).clone()
-            pos_sum += F.softplus(-d).sum(dtype=torch.float64)
-            sp = F.softplus(z)
-            neg_sum += sp.sum(dtype=torch.float64) - sp.diagonal(off + a).sum(dtype=torch.float64)
-            del sp
-            if eager:  # gradient of the negatives' sum; the positives' is O(n) and kept apart
-                G = z.sigmoid_()
-                G.diagonal(off + a).zero_()
-                gs += torch.dot(G.view(-1), cos.view(-1)); gb += G.sum(dtype=torch.float64)
-                gq[a:b] = G @ k
-                gk.addmm_(G.T, q[a:b])
-                gpos[a:b], cpos[a:b] = -torch.sigmoid(-d), cos.diagonal(off + a)
-        if eager: ctx.save_for_backward(q, k, scale, gq, gk, gs, gb, gpos, cpos)
-        ctx.off = off
-        return pos_sum.to(q.dtype), neg_sum.to(q.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_pos, g_neg):
-        q, k, scale, gq, gk, gs, gb, gpos, cpos = ctx.saved_tensors
-        n, off = len(q), ctx.off
-        w = gpos * g_pos  # the positives' d/dz, scaled
-        gq = (gq * g_neg).add_(w[:, None] * k[off:off + n]).mul_(scale)
-        gk = gk * g_neg
-        gk[off:off + n] += w[:, None] * q
-        gk.mul_(scale)
-        gs = (gs.to(q.dtype) * g_neg + (w * cpos).sum()).reshape(scale.shape)
-        gb = (gb.to(q.dtype) * g_neg + w.sum()).reshape(scale.shape)
-        return gq, gk, gs, gb, None, None
-
-# %% ../nbs/03_losses.ipynb #45c8e96a
-def _class_weight_vector(class_weights, labels:torch.Tensor, mapping:Optional[dict], like:torch.Tensor) -> torch.Tensor:
-    "Per-sample weights from class weights: a dict keyed by label value, or a sequence/tensor indexed by class index."
-    if isinstance(class_weights, dict):
-        inv = {v: k for k, v in mapping.items()} if mapping else None
-        w = [float(class_weights.get(inv[i] if inv else i, 1.0)) for i in labels.tolist()]
-        return torch.tensor(w, dtype=like.dtype, device=like.device)
-    w = torch.as_tensor(class_weights, dtype=like.dtype, device=like.device)
-    if w.ndim != 1 or int(labels.max()) >= len(w):
-        raise DataError(f"class_weights has {w.numel()} entries but the labels go up to class index {int(labels.max())}; give one weight per class")
-    return w[labels]
-
-def _check_class_weights(class_weights):
-    "Refuse class weights that are not a {label: weight} dict or a sequence of finite numbers >= 0; return them."
-    if class_weights is None: return None
-    vals = class_weights.values() if isinstance(class_weights, dict) else class_weights
-    try: vals = [float(v) for v in (vals.tolist() if isinstance(vals, torch.Tensor) else vals)] if not isinstance(vals, (str, bytes)) else None
-    except (TypeError, ValueError): vals = None
-    if vals is None or not all(math.isfinite(v) and v >= 0 for v in vals):
-        raise ConfigError(f"class_weights must be a {{label: weight}} dict or a list of weights by class index, all numbers >= 0, got {class_weights!r}")
-    return class_weights
-
-# %% ../nbs/03_losses.ipynb #1855cd96
-@register_loss('domain', 'domain_specific', 'label_aware')
-class DomainSpecificLoss(ImageTextLoss):
-    "Label-aware (multi-positive) InfoNCE: pairs that share a label are positives; optional class and domain weights."
-    def __init__(self,
-                 temperature:float=0.07, # softmax temperature when no logit_scale is passed
-                 learnable_temp:bool=False, # learn log(1/temperature)
-                 domain:str='general', # the domain preset this loss serves (recorded; see clip_workbench.domains)
-                 domain_weight:float=1.0, # multiplier of the whole loss
-                 class_weights=None, # per-class weights: {label: w} or a sequence indexed by class index
-                 instance_weight:float=0.0, # share of each row's target kept on its own pair (1 = plain InfoNCE)
-                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn
-                ):
-        super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
-        if not 0 <= instance_weight <= 1: raise ConfigError(f"instance_weight must be in [0, 1], got {instance_weight!r}")
-        self.instance_weight = float(instance_weight)
-        if not isinstance(domain, str) or not domain.strip(): raise ConfigError(f"domain must be a non-empty string, got {domain!r}")
-        if isinstance(domain_weight, bool) or not isinstance(domain_weight, (int, float)) or domain_weight < 0: raise ConfigError(f"domain_weight must be a number >= 0, got {domain_weight!r}")
-        self.domain, self.domain_weight, self.class_weights = domain, float(domain_weight), _check_class_weights(class_weights)
-
-    def compute(self, img, txt, scale, bias, labels):
-        qi, qt, ki, kt, lq, lk, off = self._views(img, txt, labels)
-        n, m = len(qi), len(kt)
-        pos = torch.zeros(n, m, dtype=torch.bool, device=qi.device)
-        pos[torch.arange(n), torch.arange(n) + off] = True
-        if lq is not None: pos |= lq[:, None] == lk[None, :]
-        own = torch.zeros_like(pos)
-        own[torch.arange(n), torch.arange(n) + off] = True
-        target = (1 - self.instance_weight) * pos.to(qi.dtype) / pos.sum(1, keepdim=True) + self.instance_weight * own.to(qi.dtype)
-        li2t = scale * self._cos(qi, kt)
-        lt2i = li2t.T if qi is ki else scale * self._cos(qt, ki)
-        ce_i2t, ce_t2i = -(target * li2t.log_softmax(1)).sum(1), -(target * lt2i.log_softmax(1)).sum(1)
-        if self.class_weights is not None and lq is not None:
-            w = _class_weight_vector(self.class_weights, lq, self._label_map, qi)
-            i2t, t2i = (w * ce_i2t).sum() / w.sum(), (w * ce_t2i).sum() / w.sum()
-        else: i2t, t2i = ce_i2t.mean(), ce_t2i.mean()
-        return dict(image_to_text_loss=i2t, text_to_image_loss=t2i, loss=self.domain_weight * (i2t + t2i) / 2,
-                    positives_per_sample=pos.sum(1).to(qi.dtype).mean().detach())
-
-# %% ../nbs/03_losses.ipynb #235ebe4c
-def _class_prototypes(txt:torch.Tensor, labels:torch.Tensor):
-    "The classes present (sorted), the (rows, classes) membership matrix, and one prototype per class: the normalised mean of its caption embeddings."
-    classes, col_class = torch.unique(labels, return_inverse=True)
-    members = F.one_hot(col_class, len(classes)).to(txt.dtype)
-    return classes, members, F.normalize(members.T @ txt, dim=-1)
-
-@register_loss('class_prompt', 'class_prompts', 'prompt_ce')
-class ClassPromptLoss(ImageTextLoss):
-    "Images against one prompt prototype per class in the batch: the zero-shot head's cross-entropy (and its transpose)."
-    def __init__(self,
-                 temperature:float=0.07, # softmax temperature when no logit_scale is passed
-                 learnable_temp:bool=False, # learn log(1/temperature)
-                 class_weights=None, # per-class weights of the image rows: {label: w} or a sequence indexed by class index
-                 text_weight:float=0.5, # share of the text-to-image term (0: only the zero-shot cross-entropy)
-                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn
-                ):
-        super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
-        if not 0 <= text_weight <= 1: raise ConfigError(f"text_weight must be in [0, 1], got {text_weight!r}")
-        self.class_weights, self.text_weight = _check_class_weights(class_weights), float(text_weight)
-
-    def compute(self, img, txt, scale, bias, labels):
-        if labels is None: raise DataError("ClassPromptLoss needs labels (one class per pair): use records with labels, or the 'domain' or 'clip' loss")
-        qi, qt, ki, kt, lq, lk, off = self._views(img, txt, labels)
-        classes, members, protos = _class_prototypes(kt, lk)  # (columns, classes) membership; one text prototype per class
-        target = torch.searchsorted(classes, lq)
-        logits = scale * self._cos(qi, protos) + (0 if bias is None else bias)
-        ce = F.cross_entropy(logits, target, reduction='none')
-        w = None if self.class_weights is None else _class_weight_vector(self.class_weights, lq, self._label_map, qi)
-        i2t = ce.mean() if w is None else (w * ce).sum() / w.sum()
-        lt2i = scale * (protos @ ki.T) + (0 if bias is None else bias)
-        t2i = -((members.T / members.sum(0)[:, None]) * lt2i.log_softmax(1)).sum(1).mean()
-        return dict(image_to_text_loss=i2t, text_to_image_loss=t2i, loss=(1 - self.text_weight) * i2t + self.text_weight * t2i,
-                    classes_in_batch=torch.tensor(float(len(classes))))
-
-# %% ../nbs/03_losses.ipynb #92791dc3
-STRATEGIES = ('hard', 'semi-hard', 'weighted')
-
-def _check_strategy(s) -> str:
-    key = str(s).lower().replace('_', '-').replace('semihard', 'semi-hard')
-    if key not in STRATEGIES:
-        raise ConfigError(f"mining_strategy {s!r} is unknown; choose 'hard', 'semi-hard' or 'weighted'")
-    return key
-
-# %% ../nbs/03_losses.ipynb #0561fe5a
-@register_loss('hard_negative', 'hard_negatives', 'hard_negative_mining')
-class HardNegativeMiningLoss(ImageTextLoss):
-    "InfoNCE whose softmax denominator upweights hard negatives (strategies: hard, semi-hard, weighted)."
-    def __init__(self,
-                 temperature:float=0.07, # softmax temperature when no logit_scale is passed
-                 learnable_temp:bool=False, # learn log(1/temperature)
-                 hard_negative_ratio:float=0.5, # fraction of each row's negatives that may count as hard (hard, semi-hard)
-                 mining_strategy:str='semi-hard', # hard, semi-hard or weighted
-                 hard_negative_weight:float=2.0, # weight of a hard negative in the denominator (hard, semi-hard)
-                 beta:float=1.0, # concentration of the importance weights (weighted); 0 = plain InfoNCE
-                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn
-                ):
-        super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
-        self.mining_strategy = _check_strategy(mining_strategy)
-        if not 0 <= hard_negative_ratio <= 1: raise ConfigError(f"hard_negative_ratio must be in [0, 1], got {hard_negative_ratio!r}")
-        if not hard_negative_weight >= 0: raise ConfigError(f"hard_negative_weight must be >= 0, got {hard_negative_weight!r}")
-        if not beta >= 0: raise ConfigError(f"beta must be >= 0, got {beta!r}")
-        self.hard_negative_ratio, self.hard_negative_weight, self.beta = hard_negative_ratio, float(hard_negative_weight), float(beta)
-
-# %% ../nbs/03_losses.ipynb #be99021c
-@patch
-def _log_weights(self:HardNegativeMiningLoss, z:torch.Tensor, pos:torch.Tensor):
-    "Log-weights of every logit (0 on the positive) and the mask of negatives that count as hard."
-    neg = ~pos
-    n_neg = neg.sum(1, keepdim=True)
-    if z.shape[1] < 2: return torch.zeros_like(z), torch.zeros_like(pos)  # a batch of one: no negatives
-    if self.mining_strategy == 'weighted':
-        bz = (self.beta * z).masked_fill(pos, -math.inf)
-        lw = (bz - torch.logsumexp(bz, 1, keepdim=True) + n_neg.to(z.dtype).log()).masked_fill(pos, 0.0)
-        return lw, (lw.detach() > 1e-6) & neg
-    k = math.ceil(self.hard_negative_ratio * (z.shape[1] - 1))
-    hard = torch.zeros_like(pos)
-    if k > 0:
-        zd = z.detach()
-        cand = neg if self.mining_strategy == 'hard' else neg & (zd < zd[pos][:, None])
-        vals, idx = zd.masked_fill(~cand, -math.inf).topk(min(k, z.shape[1]), dim=1)
-        hard.scatter_(1, idx, vals > -math.inf)
-    lw = torch.zeros_like(z).masked_fill(hard, math.log(self.hard_negative_weight) if self.hard_negative_weight > 0 else -math.inf)
-    return lw, hard
-
-@patch
-def compute(self:HardNegativeMiningLoss, img, txt, scale, bias, labels):
-    qi, qt, ki, kt, _, _, off = self._views(img, txt)
-    n, m = len(qi), len(kt)
-    pos = torch.zeros(n, m, dtype=torch.bool, device=qi.device)
-    pos[torch.arange(n), torch.arange(n) + off] = True
-    li2t = scale * self._cos(qi, kt)
-    lt2i = li2t.T if qi is ki else scale * self._cos(qt, ki)
-    terms, count = {}, 0
-    for name, z in (('image_to_text_loss', li2t), ('text_to_image_loss', lt2i)):
-        lw, hard = self._log_weights(z, pos)
-        terms[name] = (torch.logsumexp(z + lw, 1) - z[pos]).mean()
-        count += int(hard.sum())
-    total = 2 * n * (m - 1)
-    return dict(**terms, loss=(terms['image_to_text_loss'] + terms['text_to_image_loss']) / 2,
-                hard_negative_count=torch.tensor(float(count)), hard_negative_ratio_actual=torch.tensor(count / total if total else 0.0))
-
-# %% ../nbs/03_losses.ipynb #087a5ec1
-@register_loss('multi_scale', 'multiscale')
-class MultiScaleLoss(ImageTextLoss):
-    "InfoNCE at several temperatures (temperature x each scale), weighted; every scale reported as a term."
-    def __init__(self,
-                 scales:Sequence[float]=(1.0, 0.75, 0.5), # temperature multipliers
-                 scale_weights:Optional[Sequence[float]]=None, # weight of each scale (default: equal)
-                 normalize_weights:bool=True, # rescale the weights to sum to 1
-                 temperature:float=0.07, # base temperature when no logit_scale is passed
-                 learnable_temp:bool=False, # learn log(1/base temperature)
-                 base_temperature:Optional[float]=None, # the seeds' name for `temperature` (overrides it)
-                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn
-                ):
-        super().__init__(temperature=temperature if base_temperature is None else base_temperature, learnable_temp=learnable_temp, **kwargs)
-        scales = [float(s) for s in scales]
-        if not scales or any(s <= 0 for s in scales): raise ConfigError(f"scales must be a non-empty list of numbers > 0, got {scales!r}")
-        w = [1.0] * len(scales) if scale_weights is None else [float(v) for v in scale_weights]
-        if len(w) != len(scales): raise ConfigError(f"scale_weights has {len(w)} entries but scales has {len(scales)}; give one weight per scale")
-        if any(v < 0 for v in w) or sum(w) <= 0: raise ConfigError(f"scale_weights must be >= 0 with a positive sum, got {w!r}")
-        self.scales, self.scale_weights = scales, [v / sum(w) for v in w] if normalize_weights else w
-
-    @property
-    def temperatures(self) -> list:
-        "The temperature of each scale, from the loss's own base temperature."
-        return [self.temperature * s for s in self.scales]
-
-    def compute(self, img, txt, scale, bias, labels):
-        qi, qt, ki, kt, _, _, off = self._views(img, txt)
-        ci2t = self._cos(qi, kt)
-        ct2i = ci2t.T if qi is ki else self._cos(qt, ki)
-        tgt = torch.arange(len(qi), device=qi.device) + off
-        terms = {f'scale_{s:g}': (F.cross_entropy(ci2t * (scale / s), tgt) + F.cross_entropy(ct2i * (scale / s), tgt)) / 2 for s in self.scales}
-        return dict(**terms, loss=sum(w * v for w, v in zip(self.scale_weights, terms.values())))
-
-# %% ../nbs/03_losses.ipynb #75443fff
-def focal_loss(logits:torch.Tensor, # (batch, classes)
-               targets:torch.Tensor, # (batch,) class indices
-               gamma:float=2.0, # focusing parameter; 0 = cross-entropy
-               alpha:Optional[float]=None, # overall factor (the seeds use 0.25)
-               weight:Optional[torch.Tensor]=None, # (classes,) per-class weights; the mean is weighted like cross_entropy's
-               reduction:str='mean' # 'mean', or 'none' for one (weighted) value per row
-              ) -> torch.Tensor:
-    "Class-weighted focal loss of logits against integer targets."
-    if reduction not in ('mean', 'none'): raise ConfigError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    logp = logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
-    q = (-torch.expm1(logp)).clamp_min(torch.finfo(logp.dtype).tiny)  # 1 - p, accurate near p = 1; never 0, so gamma < 1 keeps a finite gradient
-    fl = -q.pow(gamma) * logp
-    if alpha is not None: fl = alpha * fl
-    w = None if weight is None else weight.to(fl)[targets]
-    if reduction == 'none': return fl if w is None else w * fl
-    return fl.mean() if w is None else (w * fl).sum() / w.sum()
-
-# %% ../nbs/03_losses.ipynb #b93a2162
-def inverse_frequency_weights(labels, # class indices (tensor or ints) or class names
-                              num_classes:Optional[int]=None, # number of classes (default: max index + 1)
-                              power:float=1.0, # 1 = fully balanced, 0.5 = square-root damping, 0 = uniform
-                              normalize:bool=True # rescale so the mean weight per sample is 1
-                             ):
-    "Class weights inversely proportional to class frequency: a tensor for integer labels, a {name: weight} dict for names."
-    if isinstance(labels, torch.Tensor) or all(isinstance(l, int) for l in labels):
-        lab = torch.as_tensor(labels, dtype=torch.long); names = None
-    else: lab, names = _check_labels(labels, len(labels))
-    if len(lab) == 0: raise DataError("inverse_frequency_weights: no labels given")
-    C = num_classes or int(lab.max()) + 1
-    if int(lab.max()) >= C: raise DataError(f"labels go up to class index {int(lab.max())} but num_classes={C}")
-    counts = torch.bincount(lab, minlength=C).double()
-    w = torch.where(counts > 0, (len(lab) / (C * counts.clamp_min(1))) ** power, torch.zeros_like(counts))  # absent classes: 0
-    if normalize: w = w * len(lab) / (w[lab]).sum()
-    w = w.float()
-    return {k: w[i].item() for k, i in names.items()} if names else w
-
-# %% ../nbs/03_losses.ipynb #eabc67d4
-@register_loss('focal', 'focal_loss')
-class FocalLoss(ImageTextLoss):
-    "Class-weighted focal loss on the zero-shot logits: images against one prompt prototype per class in the batch."
-    def __init__(self,
-                 temperature:float=0.07, # softmax temperature when no logit_scale is passed
-                 learnable_temp:bool=False, # learn log(1/temperature)
-                 gamma:float=2.0, # focusing parameter; 0 = cross-entropy
-                 alpha:Optional[float]=None, # overall factor (the seeds use 0.25)
-                 class_weights=None, # per-class weights of the image rows: {label: w} or a sequence indexed by class index (see inverse_frequency_weights)
-                 **kwargs # scheduler, max_logit_scale, rank, world_size, local_loss, gather_fn
-                ):
-        super().__init__(temperature=temperature, learnable_temp=learnable_temp, **kwargs)
-        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-        if not (num(gamma) and gamma >= 0): raise ConfigError(f"gamma must be a number >= 0, got {gamma!r}")
-        if alpha is not None and not (num(alpha) and alpha > 0): raise ConfigError(f"alpha must be a number > 0 or None, got {alpha!r}")
-        self.gamma, self.alpha, self.class_weights = float(gamma), alpha, _check_class_weights(class_weights)
-
-# %% ../nbs/03_losses.ipynb #b417a144
-@patch
-def forward(self:FocalLoss, image_features, text_features, logit_scale=None, logit_bias=None, labels=None) -> dict:
-    "Refuse the old call with class embeddings as text_features, then the usual checks and `compute`."
-    i, t = image_features, text_features
-    if isinstance(i, torch.Tensor) and isinstance(t, torch.Tensor) and i.ndim == t.ndim == 2 and len(i) != len(t):
-        raise DataError(f"FocalLoss takes one caption embedding per image, like every loss, and builds one prototype per class from them "
-                        f"and the labels; got {len(i)} image rows and {len(t)} text rows. To score against fixed class embeddings, pass class_embeddings[labels]")
-    return ImageTextLoss.forward(self, image_features, text_features, logit_scale, logit_bias, labels)
-
-@patch
-def compute(self:FocalLoss, img, txt, scale, bias, labels):
-    if labels is None:
-        raise ConfigError("loss 'focal' needs labelled data (class folders, or a label column): it scores each image against one prompt per class, "
-                          "and this batch has no labels; for free captions use loss: clip")
-    if int(labels.min()) < 0: raise DataError(f"FocalLoss needs a class for every image, got label {int(labels.min())} (-1 marks a record without a label)")
-    qi, qt, ki, kt, lq, lk, off = self._views(img, txt, labels)
-    classes, _, protos = _class_prototypes(kt, lk)
-    fl = focal_loss(scale * self._cos(qi, protos), torch.searchsorted(classes, lq), self.gamma, self.alpha, reduction='none')
-    w = None if self.class_weights is None else _class_weight_vector(self.class_weights, lq, self._label_map, qi)
-    fl = fl.mean() if w is None else (w * fl).sum() / w.sum()
-    return dict(focal_loss=fl, loss=fl, classes_in_batch=torch.tensor(float(len(classes))))
-
-# %% ../nbs/03_losses.ipynb #8d1c13ac
-def _fake_gather(fulls:list, rank:int, world_size:int) -> Callable:
-    "A gather_fn for tests: returns the one of `fulls` whose `rank` shard matches the tensor, that shard replaced by the tensor itself."
-    def gather(t):
-        for full in fulls:
-            parts = list(full.detach().chunk(world_size))
-            if parts[rank].shape == t.shape and parts[rank].dtype == t.dtype and torch.allclose(parts[rank], t.detach()):
-                parts[rank] = t
-                return torch.cat(parts)
-        raise ValueError('fake gather: tensor is no shard of the simulated global batch')
-    return gather
-
-# %% ../nbs/03_losses.ipynb #244e89ce
+# %% ../nbs/03_losses.ipynb #dd3511c5
 def _accepted_args(cls) -> list:
-    "Keyword arguments a loss class accepts (its own, plus ImageTextLoss's when it forwards **kwargs)."
-    names, seen_var = [], False
+    "Keyword arguments a loss class accepts (its own, and ImageTextLoss's if it forwards **kwargs), temperature first."
+    names = []
     for c in cls.__mro__:
         if not (isinstance(c, type) and issubclass(c, nn.Module)) or c is nn.Module: continue
         ps = inspect.signature(c.__init__).parameters.values()
-        names += [p.name for p in ps if p.name != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names]
+        names += [p.name for p in ps if p.name != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                  and p.name not in names]
         if not any(p.kind == p.VAR_KEYWORD for p in ps): break
-    return names
+    lead = [n for n in ('temperature', 'learnable_temp') if n in names]  # shared by every loss: listed first
+    return lead + [n for n in names if n not in lead]
 
+# %% ../nbs/03_losses.ipynb #3c6f3a94
 def list_losses() -> list:
     "The registered loss names (aliases included)."
     return sorted(LOSSES)
 
+# %% ../nbs/03_losses.ipynb #cc8c1ed2
 def get_loss(name:str, # a registered name, e.g. "clip", "siglip", "hard_negative" (see `list_losses`)
              **kwargs # arguments of that loss class
             ) -> ImageTextLoss:
     "Build a registered loss by name."
-    key = str(name).lower().replace('-', '_')
+    key = _loss_key(name)
     if key not in LOSSES:
         close = difflib.get_close_matches(key, list(LOSSES), n=1)
-        raise ConfigError(f"unknown loss {name!r}{'; did you mean ' + repr(close[0]) + '?' if close else ''} (known: {', '.join(list_losses())})")
+        raise ConfigError(f"unknown loss {name!r}{'; did you mean ' + repr(close[0]) + '?' if close else ''} "
+                          f"(known: {', '.join(list_losses())})")
     cls, ok = LOSSES[key], _accepted_args(LOSSES[key])
     for k in kwargs:
         if k not in ok:
-            close = [o for o in ok if o.startswith(k)][:1] or difflib.get_close_matches(k, ok, n=1)
-            raise ConfigError(f"loss {name!r}: unknown argument {k!r}{'; did you mean ' + repr(close[0]) + '?' if close else ''} (accepted: {', '.join(ok)})")
+            raise ConfigError(f"loss {name!r}: unknown argument {k!r}{_dym(k, ok)} (accepted: {', '.join(ok)})")
     try: return cls(**kwargs)
     except ConfigError as e: raise ConfigError(f"loss {name!r}: {e}") from None
 
-# %% ../nbs/03_losses.ipynb #75aabda4
-RUN_ARGS = ('rank', 'world_size', 'gather_fn')  # set by the run (clip_workbench.distributed.loss_kwargs), not by a config
+# %% ../nbs/03_losses.ipynb #1d696fbc
+RUN_ARGS = ('rank', 'world_size', 'gather_fn')  # set by the run (distributed.loss_kwargs), not by a config
 
-def _loss_key(name) -> str: return str(name).lower().replace('-', '_')
 def _is_combined(name) -> bool: return 'combined' in LOSSES and LOSSES.get(_loss_key(name)) is LOSSES['combined']
 def _loss_names() -> list: return list(dict.fromkeys(c.loss_name for c in LOSSES.values()))  # without aliases
 
@@ -822,108 +80,134 @@ def _config_args(cls) -> list:
     "The arguments of a loss class that a config may set."
     return [a for a in _accepted_args(cls) if a not in RUN_ARGS]
 
-def _dym(key, options) -> str:
-    close = [o for o in options if o.startswith(str(key))][:1] or difflib.get_close_matches(str(key), options, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ''
-
+# %% ../nbs/03_losses.ipynb #53be01e6
 def _parts(losses:dict) -> dict:
     "A combined loss's parts with every part given by name turned into a kwargs dict (copies; modules kept)."
     return {p: {'loss': s} if isinstance(s, str) else dict(s) if isinstance(s, dict) else s for p, s in losses.items()}
 
-# %% ../nbs/03_losses.ipynb #b5893ff0
+# %% ../nbs/03_losses.ipynb #807f1c82
 def _with_temperature(name, kwargs:dict, temperature:Optional[float]) -> dict:
-    "kwargs plus the config's temperature where the loss (a combined loss: each part) takes one and kwargs do not set it."
+    "kwargs plus the config's temperature where the loss (a combined loss: each part) takes one that kwargs lack."
     kw = dict(kwargs)
     if temperature is None or _loss_key(name) not in LOSSES: return kw
     if _is_combined(name):
         if isinstance(kw.get('losses'), dict):
-            kw['losses'] = {p: _with_temperature(s.get('loss', p), s, temperature) if isinstance(s, dict) else s for p, s in _parts(kw['losses']).items()}
+            kw['losses'] = {p: _with_temperature(s.get('loss', p), s, temperature) if isinstance(s, dict) else s
+                            for p, s in _parts(kw['losses']).items()}
     elif 'temperature' in _accepted_args(LOSSES[_loss_key(name)]) and not {'temperature', 'base_temperature'} & set(kw):
         kw['temperature'] = temperature
     return kw
 
+# %% ../nbs/03_losses.ipynb #837098b2
 def _construct_error(cls, kwargs:dict) -> Optional[str]:
     "The message of the error building the loss on the CPU raises, or None."
     try:
         with torch.device('cpu'): cls(**kwargs)
     except (ConfigError, DataError, TypeError, ValueError) as e: return str(e)
 
-# %% ../nbs/03_losses.ipynb #79c6a1d9
-def _check_loss(name, kwargs, where:str='') -> type:
-    "Check one loss (or a part of a combined loss, `where` naming it); return its class."
-    field = 'loss_kwargs' if where else 'loss'
-    if not isinstance(name, str) or _loss_key(name) not in LOSSES:
-        raise ConfigError(f"config field {field!r}: {where}got {name!r}; known: {', '.join(_loss_names())}{_dym(_loss_key(name), list(LOSSES))}")
-    cls = LOSSES[_loss_key(name)]
-    if not isinstance(kwargs, dict): raise ConfigError(f"config field 'loss_kwargs': {where}got {kwargs!r}; allowed: a mapping of argument -> value")
+# %% ../nbs/03_losses.ipynb #45045215
+def _check_kwargs(name, cls, kwargs, where:str):
+    "Refuse loss_kwargs that are not a mapping of the loss's config arguments."
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"config field 'loss_kwargs': {where}got {kwargs!r}; allowed: a mapping of argument -> value")
     ok = _config_args(cls)
     for k in kwargs:
-        if k in RUN_ARGS: raise ConfigError(f"config field 'loss_kwargs': {where}{k!r} is set by the run when it uses several processes, not by a config; remove it")
-        if k not in ok: raise ConfigError(f"config field 'loss_kwargs': {where}{k!r} is not an argument of loss {name!r}; it takes: {', '.join(ok)}{_dym(k, ok)}")
+        if k in RUN_ARGS: raise ConfigError(f"config field 'loss_kwargs': {where}{k!r} is set by the run when it uses "
+                                            "several processes, not by a config; remove it")
+        if k not in ok: raise ConfigError(f"config field 'loss_kwargs': {where}{k!r} is not an argument of loss "
+                                          f"{name!r}; it takes: {', '.join(ok)}{_dym(k, ok)}")
+
+# %% ../nbs/03_losses.ipynb #64d49477
+def _check_required(name, cls, kwargs:dict, where:str):
+    "Refuse loss_kwargs that miss a required argument of the loss, with an example when the loss gives one."
     ps = inspect.signature(cls.__init__).parameters.values()
-    missing = [p.name for p in ps if p.default is p.empty and p.name != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in kwargs]
+    missing = [p.name for p in ps if p.default is p.empty and p.name != 'self'
+               and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in kwargs]
     if missing:
         eg = getattr(cls, 'config_example', None)
-        raise ConfigError(f"config field 'loss_kwargs': {where}loss {name!r} needs {', '.join(map(repr, missing))}{f' (e.g. loss_kwargs: {eg})' if eg else ''}")
+        raise ConfigError(f"config field 'loss_kwargs': {where}loss {name!r} needs {', '.join(map(repr, missing))}"
+                          f"{f' (e.g. loss_kwargs: {eg})' if eg else ''}")
+
+# %% ../nbs/03_losses.ipynb #6a755488
+def _check_loss(name, kwargs, where:str='') -> type:
+    "Check one loss (or a part of a combined loss, `where` naming it); return its class."
+    if not isinstance(name, str) or _loss_key(name) not in LOSSES:
+        raise ConfigError(f"config field {'loss_kwargs' if where else 'loss'!r}: {where}got {name!r}; "
+                          f"known: {', '.join(_loss_names())}{_dym(_loss_key(name), list(LOSSES))}")
+    cls = LOSSES[_loss_key(name)]
+    _check_kwargs(name, cls, kwargs, where); _check_required(name, cls, kwargs, where)
     if _is_combined(name) and isinstance(kwargs['losses'], dict):
         for part, spec in _parts(kwargs['losses']).items():
-            if isinstance(spec, dict): _check_loss(spec.get('loss', part), {k: v for k, v in spec.items() if k != 'loss'}, f"{where}losses.{part}: ")
+            if isinstance(spec, dict):
+                args = {k: v for k, v in spec.items() if k != 'loss'}
+                _check_loss(spec.get('loss', part), args, f"{where}losses.{part}: ")
     err = _construct_error(cls, kwargs)
     if err: raise ConfigError(f"config field 'loss_kwargs': {where}loss {name!r}: {err}")
     return cls
 
+# %% ../nbs/03_losses.ipynb #8f409c91
 def check_loss_config(name:str, # the config's `loss`
                       kwargs:dict, # the config's `loss_kwargs`
-                      temperature:Optional[float]=None # the config's `temperature`, added as `loss_from_config` adds it (None: not added)
+                      temperature:Optional[float]=None # the config's `temperature`, added as loss_from_config adds it
                      ) -> None:
     "Refuse a config's loss name or arguments with a ConfigError naming the field, before any model loads."
     _check_loss(name, _with_temperature(name, kwargs, temperature) if isinstance(kwargs, dict) else kwargs)
 
-# %% ../nbs/03_losses.ipynb #adc58bde
+# %% ../nbs/03_losses.ipynb #901a4e2a
 def loss_from_config(cfg:CLIPFinetuningConfig,
-                     **extra # more arguments, e.g. `clip_workbench.distributed.loss_kwargs(info)` (a combined loss: for each part)
+                     **extra # more arguments, e.g. `distributed.loss_kwargs(info)` (a combined loss: for each part)
                     ) -> ImageTextLoss:
     "The loss a config asks for: `cfg.loss` with `cfg.loss_kwargs`, and `cfg.temperature` unless loss_kwargs sets it."
     kw = _with_temperature(cfg.loss, dict(cfg.loss_kwargs), cfg.temperature)
     check_loss_config(cfg.loss, kw)
     if extra and _is_combined(cfg.loss):
-        kw['losses'] = {n: dict(part, **extra) if isinstance(part, dict) else part for n, part in _parts(kw.get('losses', {})).items()}
+        kw['losses'] = {n: dict(part, **extra) if isinstance(part, dict) else part
+                        for n, part in _parts(kw.get('losses', {})).items()}
     else: kw.update(extra)
     return get_loss(cfg.loss, **kw)
 
-# %% ../nbs/03_losses.ipynb #a3a31f66
+# %% ../nbs/03_losses.ipynb #0cfe01cf
 @register_loss('combined', 'sum')
 class CombinedLoss(ImageTextLoss):
     "A weighted sum of losses; each part's terms are reported as '<name>/<term>'."
     config_example = '{losses: {clip: {}, hard_negative: {mining_strategy: hard}}, weights: {hard_negative: 0.5}}'
     def __init__(self,
-                 losses:dict, # name -> loss module, or name -> kwargs dict for get_loss(name) (a 'loss' key picks another registered loss)
+                 losses:dict, # name -> loss module, or -> kwargs for get_loss(name) (a 'loss' key picks another loss)
                  weights:Optional[dict]=None # name -> weight (default 1)
                 ):
         super().__init__()
-        if not isinstance(losses, dict) or not losses: raise ConfigError("CombinedLoss needs a non-empty dict of name -> loss (or name -> kwargs for get_loss)")
-        parts = {}
-        for name, l in losses.items():
-            if isinstance(l, dict): l = get_loss(l.get('loss', name), **{k: v for k, v in l.items() if k != 'loss'})
-            elif isinstance(l, str): l = get_loss(l)
-            if not isinstance(l, nn.Module): raise ConfigError(f"CombinedLoss part {name!r} must be a loss module, a registered name or a kwargs dict, got {type(l).__name__}")
-            parts[name.replace('.', '_')] = l
-        self.parts = nn.ModuleDict(parts)
+        if not isinstance(losses, dict) or not losses:
+            raise ConfigError("CombinedLoss needs a non-empty dict of name -> loss (or name -> kwargs for get_loss)")
+        self.parts = nn.ModuleDict({name.replace('.', '_'): _part(name, l) for name, l in losses.items()})
         weights = dict(weights or {})
         unknown = set(weights) - set(losses)
-        if unknown: raise ConfigError(f"CombinedLoss weights name unknown parts {sorted(unknown)}; parts: {list(losses)}")
+        if unknown:
+            raise ConfigError(f"CombinedLoss weights name unknown parts {sorted(unknown)}; parts: {list(losses)}")
         self.weights = {k.replace('.', '_'): float(weights.get(k, 1.0)) for k in losses}
 
-    def forward(self, image_features, text_features, logit_scale=None, logit_bias=None, labels=None) -> dict:
-        out, total = {}, 0
-        for name, l in self.parts.items():
-            r = l(image_features, text_features, logit_scale=logit_scale, logit_bias=logit_bias, labels=labels)
-            out.update({f'{name}/{k}': v for k, v in r.items()})
-            total = total + self.weights[name] * r['loss']
-        out['loss'] = total
-        return out
+# %% ../nbs/03_losses.ipynb #287ebe76
+def _part(name:str, l) -> nn.Module:
+    "A part of a combined loss: built by `get_loss` from a kwargs dict or a name, or a loss module as given."
+    if isinstance(l, dict): l = get_loss(l.get('loss', name), **{k: v for k, v in l.items() if k != 'loss'})
+    elif isinstance(l, str): l = get_loss(l)
+    if not isinstance(l, nn.Module):
+        raise ConfigError(f"CombinedLoss part {name!r} must be a loss module, a registered name or a kwargs dict, "
+                          f"got {type(l).__name__}")
+    return l
 
-# %% ../nbs/03_losses.ipynb #9589b88f
+# %% ../nbs/03_losses.ipynb #4acc7024
+@patch
+def forward(self:CombinedLoss, image_features, text_features, logit_scale=None, logit_bias=None, labels=None) -> dict:
+    "Every part's terms as '<name>/<term>', and 'loss', the weighted sum of the parts' losses."
+    out, total = {}, 0
+    for name, l in self.parts.items():
+        r = l(image_features, text_features, logit_scale=logit_scale, logit_bias=logit_bias, labels=labels)
+        out.update({f'{name}/{k}': v for k, v in r.items()})
+        total = total + self.weights[name] * r['loss']
+    out['loss'] = total
+    return out
+
+# %% ../nbs/03_losses.ipynb #6e105c17
 def _as_combined(l) -> CombinedLoss:
     if isinstance(l, CombinedLoss): return l
     return CombinedLoss({getattr(l, 'loss_name', 'loss'): l})
@@ -938,6 +222,7 @@ def _merge(a, b) -> CombinedLoss:
         losses[new], weights[new] = l, b.weights[name]
     return CombinedLoss(losses, weights)
 
+# %% ../nbs/03_losses.ipynb #f2acc396
 @patch
 def __add__(self:ImageTextLoss, other): return _merge(self, other)
 
@@ -948,277 +233,16 @@ def __mul__(self:ImageTextLoss, w:float):
 
 ImageTextLoss.__rmul__ = ImageTextLoss.__mul__
 
-# %% ../nbs/03_losses.ipynb #9aa95e5c
-def _space_values(name:str, spec) -> list:
-    "The values that bound a search-space entry (its choices, the ends of its range, or the constant); refuse a malformed entry."
-    if isinstance(spec, list):
-        if not spec: raise ConfigError(f"search space {name!r}: empty list of choices")
-        return spec
-    if isinstance(spec, tuple):
-        if len(spec) not in (2, 3) or (len(spec) == 3 and spec[2] not in ('log', 'linear')):
-            raise ConfigError(f"search space {name!r}: a range is (low, high) or (low, high, 'log'), got {spec!r}")
-        lo, hi = spec[:2]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)): raise ConfigError(f"search space {name!r}: a range needs numbers, got {spec!r}")
-        if not lo < hi: raise ConfigError(f"search space {name!r}: low must be < high, got {spec!r}")
-        if len(spec) == 3 and spec[2] == 'log' and lo <= 0: raise ConfigError(f"search space {name!r}: a log range needs low > 0, got {spec!r}")
-        return [lo, hi]
-    return [spec]
+# %% ../nbs/03_losses.ipynb #d89f2303
+_MOVED = {**dict.fromkeys(('TuningResult', 'tune_loss_params', 'merge_loss_params', 'check_tune_space',
+                           'linear_adapter_objective'), 'loss_tuning'),
+          **dict.fromkeys(('EXPLORER_LOSSES', 'synthetic_batch', 'explore_plot', 'loss_explorer'), 'loss_explorer')}
 
-def _sample_param(name:str, spec, rng:random.Random):
-    "Draw one value from a search-space entry."
-    vals = _space_values(name, spec)
-    if isinstance(spec, list): return rng.choice(spec)
-    if not isinstance(spec, tuple): return spec
-    lo, hi = vals
-    if len(spec) == 3 and spec[2] == 'log': return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    return rng.randint(lo, hi) if isinstance(lo, int) and isinstance(hi, int) else rng.uniform(lo, hi)
-
-# %% ../nbs/03_losses.ipynb #8ecafee5
-@dataclass
-class TuningResult:
-    "What a successive-halving search found: the best parameters, their score, and every evaluation."
-    best_params: dict
-    best_score: float
-    table: list  # one dict per evaluation: trial, round, resource, score, the parameters (and error, if it failed)
-    maximize: bool = False
-    resource_used: float = 0
-    best_trial: int = 0
-
-    def _repr_markdown_(self):
-        keys = list(self.table[0]) if self.table else []
-        fmt = lambda v: f'{v:.4g}' if isinstance(v, float) else str(v)
-        rows = [f"| {' | '.join(fmt(r.get(k, '')) for k in keys)} |" for r in self.table]
-        return '\n'.join([f"best score {self.best_score:.4g} with {self.best_params}", '',
-                          f"| {' | '.join(keys)} |", f"|{'---|' * len(keys)}", *rows])
-
-# %% ../nbs/03_losses.ipynb #40e9aa67
-@patch
-def plot(self:TuningResult, ax=None):
-    "Score against resource for every trial; the winner highlighted."
-    import matplotlib.pyplot as plt
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
-    trials = sorted({r['trial'] for r in self.table})
-    best = self.best_trial
-    for t in trials:
-        rs = [r for r in self.table if r['trial'] == t and math.isfinite(r['score'])]
-        if not rs: continue
-        ax.plot([r['resource'] for r in rs], [r['score'] for r in rs], 'o-', color='C3' if t == best else 'C0',
-                alpha=1 if t == best else 0.35, lw=2.5 if t == best else 1, zorder=3 if t == best else 2)
-    ax.set_xscale('log', base=2)
-    ax.set(xlabel='resource per trial', ylabel='score', title=f"successive halving: {len(trials)} trials, best {self.best_score:.3g}")
-    return ax.figure
-
-# %% ../nbs/03_losses.ipynb #4d3f1af3
-def tune_loss_params(objective:Callable, # objective(params: dict, resource: int) -> validation score
-                     space:dict, # name -> list of choices | (low, high) | (low, high, 'log') | constant
-                     n_trials:int=16, # parameter sets sampled for the first round
-                     eta:int=2, # keep 1/eta of the trials per round, and multiply their resource by eta
-                     min_resource:int=1, # resource of the first round
-                     max_resource:Optional[int]=None, # no round beyond this resource
-                     budget:Optional[float]=None, # cap on the total resource spent (stops before a round that would exceed it)
-                     maximize:bool=False, # True when a higher score is better
-                     seed:int=0 # seed of the sampling
-                    ) -> TuningResult:
-    "Budgeted successive halving over loss parameters, scored by a user objective on a validation split."
-    if not isinstance(space, dict) or not space: raise ConfigError("tune_loss_params needs a non-empty search space dict")
-    if n_trials < 1 or eta < 2 or min_resource < 1: raise ConfigError(f"need n_trials >= 1, eta >= 2, min_resource >= 1; got {n_trials}, {eta}, {min_resource}")
-    if budget is not None and budget < n_trials * min_resource:
-        raise ConfigError(f"budget {budget} is smaller than the first round ({n_trials} trials x {min_resource}); raise the budget or lower n_trials")
-    rng = random.Random(seed)
-    params = [{k: _sample_param(k, v, rng) for k, v in space.items()} for _ in range(n_trials)]
-    worst = -math.inf if maximize else math.inf
-    alive, r, rnd, used, table, last = list(range(n_trials)), min_resource, 0, 0, [], {}
-    while True:
-        if budget is not None and used + r * len(alive) > budget: break
-        last, first_err = {}, None
-        for t in alive:
-            row = dict(trial=t, round=rnd, resource=r, **params[t])
-            try:
-                s = float(objective(dict(params[t]), r))
-                if math.isnan(s): s = worst
-            except (ValueError, RuntimeError, ArithmeticError) as e:
-                s, row['error'], first_err = worst, f'{type(e).__name__}: {e}', first_err or e
-            row['score'] = s; table.append(row); last[t] = s
-        used += r * len(alive)
-        if all(math.isinf(s) for s in last.values()) and first_err is not None: raise first_err
-        if len(alive) == 1 or (max_resource is not None and r * eta > max_resource): break
-        alive = sorted(alive, key=lambda t: last[t], reverse=maximize)[:max(1, len(alive) // eta)]
-        r, rnd = r * eta, rnd + 1
-    bt = (max if maximize else min)(last, key=last.get)
-    return TuningResult(dict(params[bt]), last[bt], table, maximize, used, bt)
-
-# %% ../nbs/03_losses.ipynb #36aad9d8
-def merge_loss_params(loss_name:str, # the config's `loss`
-                      loss_kwargs:Optional[dict], # the config's `loss_kwargs` (not changed)
-                      params:dict # a trial's parameters: argument -> value, or 'part.argument' -> value for a combined loss
-                     ) -> dict:
-    "loss_kwargs with a trial's parameters set (a combined loss: 'part.argument' sets that part's argument)."
-    kw = dict(loss_kwargs or {})
-    for k, v in params.items():
-        part, dot, arg = str(k).partition('.')
-        if not (dot and _is_combined(loss_name)): kw[k] = v; continue
-        losses = _parts(kw.get('losses') or {})
-        if not isinstance(losses.get(part, {}), dict): raise ConfigError(f"{k!r}: part {part!r} of the combined loss is a loss module; its arguments cannot be set by name")
-        losses[part] = {**losses.get(part, {}), arg: v}
-        kw['losses'] = losses
-    return kw
-
-# %% ../nbs/03_losses.ipynb #ecd4b11c
-def _space_arg(name:str, loss_name:str, loss_kwargs:dict) -> None:
-    "Refuse a search-space name that is no argument of the loss (or of the named part of a combined loss)."
-    part, dot, arg = name.partition('.')
-    owner, ok, hint = loss_name, _config_args(LOSSES[_loss_key(loss_name)]), ''
-    if _is_combined(loss_name):
-        parts = loss_kwargs.get('losses') if isinstance(loss_kwargs.get('losses'), dict) else {}
-        hint = f"; name a part's argument as 'part.argument' (parts: {', '.join(parts)})"
-        if dot:
-            if part not in parts: raise ConfigError(f"config field 'tune_loss.space': {name!r}: the combined loss has no part {part!r}; parts: {', '.join(parts)}")
-            spec = _parts(parts)[part]
-            if not isinstance(spec, dict): raise ConfigError(f"config field 'tune_loss.space': {name!r}: part {part!r} is a loss module; its arguments cannot be tuned")
-            owner = spec.get('loss', part)
-            ok, name, hint = _config_args(LOSSES[_loss_key(owner)]), arg, ''
-    if name not in ok:
-        raise ConfigError(f"config field 'tune_loss.space': {name!r} is not an argument of loss {owner!r}; it takes: {', '.join(ok)}{_dym(name, ok)}{hint}")
-
-def check_tune_space(space:dict, # the search space as `tune_loss_params` takes it: name -> list | (low, high) | (low, high, 'log') | constant
-                     loss_name:str, # the config's `loss`
-                     loss_kwargs:Optional[dict]=None # the config's `loss_kwargs`, the fixed arguments of every trial
-                    ) -> None:
-    "Refuse a loss-tuning search space whose names, shapes or values the loss cannot take, with a ConfigError naming 'tune_loss.space'."
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(f"config field 'tune_loss.space': got {space!r}; allowed: a non-empty mapping of loss argument -> list of choices, range or constant")
-    kw = dict(loss_kwargs or {})
-    cls = _check_loss(loss_name, kw)
-    for name, spec in space.items():
-        _space_arg(str(name), loss_name, kw)
-        try: vals = _space_values(name, spec)
-        except ConfigError as e: raise ConfigError(f"config field 'tune_loss.space': {e}") from None
-        for v in vals:
-            err = _construct_error(cls, merge_loss_params(loss_name, kw, {name: v}))
-            if err: raise ConfigError(f"config field 'tune_loss.space': {name!r} = {v!r} is refused by loss {loss_name!r}: {err}")
-
-# %% ../nbs/03_losses.ipynb #e099c874
-def linear_adapter_objective(train:tuple, # (image_features, text_features[, labels]) of the training split
-                             val:tuple, # (image_features, text_features) of the validation split
-                             loss:str='clip', # registered loss name
-                             fixed:Optional[dict]=None, # loss arguments not tuned
-                             steps_per_unit:int=5, # optimisation steps per unit of resource
-                             batch_size:int=128, # pairs per step
-                             lr:float=0.02, # Adam learning rate
-                             seed:int=0 # seed of the adapter init and the batches
-                            ) -> Callable:
-    "Objective for `tune_loss_params`: train a linear adapter of frozen image features with the loss; return validation 1 - R@1."
-    ti, tt = train[0], train[1]
-    tl = train[2] if len(train) > 2 else None
-    vi, vt = val[0], val[1]
-    def objective(params:dict, resource:int) -> float:
-        g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        adapter = nn.Linear(ti.shape[1], tt.shape[1], bias=False)
-        loss_fn = get_loss(loss, **merge_loss_params(loss, fixed, params))
-        opt = torch.optim.Adam([*adapter.parameters(), *loss_fn.parameters()], lr=lr)
-        for _ in range(resource * steps_per_unit):
-            idx = torch.randperm(len(ti), generator=g)[:batch_size]
-            out = loss_fn(adapter(ti[idx]), tt[idx], labels=None if tl is None else tl[idx])
-            opt.zero_grad(); out['loss'].backward(); opt.step()
-        with torch.no_grad():
-            sims = F.normalize(adapter(vi), dim=1) @ F.normalize(vt, dim=1).T
-            return 1 - (sims.argmax(1) == torch.arange(len(vi))).float().mean().item()
-    return objective
-
-# %% ../nbs/03_losses.ipynb #56a667dc
-def synthetic_batch(batch_size:int=32, # pairs
-                    dim:int=32, # feature dimension
-                    n_classes:int=4, # class clusters
-                    label_noise:float=0.0, # fraction of pairs whose caption (and label) is another class's
-                    spread:float=0.8, # noise around the class prompt and between image and text
-                    seed:int=0):
-    "A toy batch of (image_features, text_features, labels) with class structure."
-    g = torch.Generator().manual_seed(seed)
-    centers = F.normalize(torch.randn(n_classes, dim, generator=g), dim=1)
-    labels = (torch.arange(batch_size) % n_classes)[torch.randperm(batch_size, generator=g)]
-    noise = lambda: spread * torch.randn(batch_size, dim, generator=g) / dim ** 0.5
-    txt = centers[labels] + noise()
-    img = txt + noise()
-    flip = torch.rand(batch_size, generator=g) < label_noise
-    if flip.any() and n_classes > 1:
-        new = (labels + torch.randint(1, n_classes, (batch_size,), generator=g)) % n_classes
-        labels = torch.where(flip, new, labels)
-        txt = torch.where(flip[:, None], centers[labels] + noise(), txt)
-    return img, txt, labels
-
-# %% ../nbs/03_losses.ipynb #ffd3982b
-EXPLORER_LOSSES = ('clip', 'siglip', 'domain', 'hard_negative', 'multi_scale')
-
-def _explorer_loss(loss:str, temperature:float, beta:float) -> ImageTextLoss:
-    "The loss the explorer shows, with its hardness set by beta where it has one."
-    if loss == 'hard_negative': return HardNegativeMiningLoss(temperature=temperature, mining_strategy='weighted', beta=beta)
-    if loss == 'siglip': return SigLIPLoss(temperature=temperature, learnable_temp=False, learnable_bias=False)
-    return get_loss(loss, temperature=temperature)
-
-def _forces(l:ImageTextLoss, img, txt, labels):
-    "Loss dict and -dL/dcos for every pair."
-    l.watch_similarities = True
-    out = l(img.clone().requires_grad_(), txt.clone().requires_grad_(), labels=labels)
-    out['loss'].backward()
-    return out, -l.last_similarities.grad, l.last_similarities.detach()
-
-# %% ../nbs/03_losses.ipynb #ad120002
-def explore_plot(loss:str='clip', # one of EXPLORER_LOSSES
-                 temperature:float=0.07, # softmax temperature (SigLIP: 1/t)
-                 beta:float=1.0, # hardness of the weighted hard-negative loss
-                 batch_size:int=32, # pairs in the toy batch
-                 label_noise:float=0.0, # fraction of mismatched captions
-                 n_classes:int=4, # classes in the toy batch
-                 seed:int=0, # seed of the toy batch
-                 figsize=(15, 4.2)):
-    "Three panels: loss vs temperature, forces on positive/same-class/other pairs, and the similarity heatmap."
-    import matplotlib.pyplot as plt, numpy as np
-    if loss not in EXPLORER_LOSSES: raise ConfigError(f"explorer loss {loss!r} is unknown; choose one of {', '.join(EXPLORER_LOSSES)}")
-    img, txt, labels = synthetic_batch(batch_size, n_classes=n_classes, label_noise=label_noise, seed=seed)
-    l = _explorer_loss(loss, temperature, beta)
-    out, force, sims = _forces(l, img, txt, labels)
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=figsize)
-    temps = np.geomspace(0.005, 1.0, 30)
-    with torch.no_grad(): vals = [_explorer_loss(loss, float(t), beta)(img, txt, labels=labels)['loss'].item() for t in temps]
-    a1.plot(temps, vals); a1.axvline(temperature, color='C3', ls='--')
-    a1.plot([temperature], [out['loss'].item()], 'o', color='C3')
-    a1.set(xscale='log', xlabel='temperature', ylabel='loss', title=f"{loss}: loss {out['loss'].item():.3f} at T={temperature:g}")
-    same = labels[:, None] == labels[None, :]
-    eye = torch.eye(batch_size, dtype=torch.bool)
-    groups = {'matching pair': force[eye], 'same class': force[same & ~eye], 'other class': force[~same]}
-    rng = np.random.default_rng(0)
-    for k, (name, v) in enumerate(groups.items()):
-        v = v.numpy()
-        a2.scatter(k + rng.uniform(-0.25, 0.25, len(v)), v, s=8, alpha=0.5, color=f'C{k}')
-        if len(v): a2.plot([k - 0.3, k + 0.3], [v.mean()] * 2, color='k', lw=1.5)
-    a2.axhline(0, color='grey', lw=0.8); a2.set_yscale('symlog', linthresh=1e-3)
-    a2.set(xticks=range(3), xticklabels=[f"{n}\n(n={len(v)})" for n, v in groups.items()], ylabel='-dL/dcos  (>0 pulls, <0 pushes)',
-           title='force on each similarity (bar: mean)')
-    order = torch.argsort(labels, stable=True)
-    im = a3.imshow(sims[order][:, order].numpy(), cmap='RdBu_r', vmin=-1, vmax=1)
-    for b in (torch.nonzero(torch.diff(labels[order])).flatten() + 0.5).tolist(): a3.axhline(b, color='k', lw=0.5); a3.axvline(b, color='k', lw=0.5)
-    a3.set(title=f'cosine similarity (sorted by class, noise {label_noise:.0%})', xlabel='text', ylabel='image')
-    fig.colorbar(im, ax=a3, fraction=0.046)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/03_losses.ipynb #1a52564a
-def loss_explorer(batch_size:int=32, # initial batch size
-                  temperature:float=0.07, # initial temperature
-                  loss:str='clip' # initial loss
-                 ):
-    "Interactive explorer (JupyterLab): sliders for loss, temperature, beta, batch size and label noise redraw `explore_plot`."
-    import ipywidgets as W, matplotlib.pyplot as plt
-    style = dict(description_width='90px')
-    controls = dict(
-        loss=W.Dropdown(options=list(EXPLORER_LOSSES), value=loss, description='loss', style=style),
-        temperature=W.FloatLogSlider(value=temperature, base=10, min=-2.3, max=0, step=0.05, description='temperature', style=style),
-        beta=W.FloatSlider(value=1.0, min=0, max=10, step=0.25, description='beta (hard neg.)', style=style),
-        batch_size=W.IntSlider(value=batch_size, min=4, max=128, step=4, description='batch size', style=style),
-        label_noise=W.FloatSlider(value=0.0, min=0, max=0.5, step=0.05, description='label noise', style=style))
-    def draw(**kw):
-        explore_plot(**kw)
-        plt.show()
-    out = W.interactive_output(draw, controls)
-    return W.VBox([W.HBox(list(controls.values())[:3]), W.HBox(list(controls.values())[3:]), out])
+# %% ../nbs/03_losses.ipynb #44915e47
+def __getattr__(name:str):
+    "A name that moved to a module built on this one: import it from there, warning that it moved (PEP 562)."
+    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    new = f'clip_workbench.{_MOVED[name]}'
+    warnings.warn(f"clip_workbench.losses.{name} moved to {new}; import it from there", DeprecationWarning,
+                  stacklevel=2)
+    return getattr(importlib.import_module(new), name)

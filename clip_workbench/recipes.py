@@ -15,7 +15,8 @@ from transformers import AutoConfig, PretrainedConfig
 
 from .core import CLIPFinetuningConfig, ConfigError, ModelLoadError
 from .domains import DomainPreset, get_domain
-from .losses import LOSSES, ClassPromptLoss, FocalLoss, check_loss_config, check_tune_space
+from .losses import LOSSES, ClassPromptLoss, FocalLoss, check_loss_config
+from .loss_tuning import check_tune_space
 
 # %% auto #0
 __all__ = ['FAMILIES', 'CLIP_MODEL_TYPES', 'NAMED_FAMILIES', 'MODEL_RECIPES', 'MIN_STEPS_PER_EPOCH', 'MIN_BATCH_SIZE',
