@@ -130,7 +130,7 @@ MODEL_RECIPES['scratch'] = dict(
 MIN_STEPS_PER_EPOCH = 16
 MIN_BATCH_SIZE = 8
 # (images seen, min epochs, max epochs)
-IMAGE_BUDGET = {'clip': (25_600, 2, 30), 'pretrained-towers': (12_800, 3, 60), 'scratch': (25_600, 5, 200)}
+IMAGE_BUDGET = {'clip': (25_600, 2, 30), 'pretrained-towers': (12_800, 3, 200), 'scratch': (25_600, 5, 200)}
 WARMUP_FRACTION = 0.05
 
 # %% ../nbs/05a_recipes.ipynb #e2858e7e
