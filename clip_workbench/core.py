@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #b771035d
 from __future__ import annotations
-import difflib, json, os, platform, random
+import difflib, importlib, json, os, platform, random, warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Union
@@ -16,7 +16,7 @@ from fastcore.basics import patch
 __all__ = ['MIXED_PRECISION', 'LOCK_CHOICES', 'BATCHNORM_MODES', 'SAMPLERS', 'LOGGERS', 'VAL_METRICS', 'CLIPFinetuningError',
            'ConfigError', 'DataError', 'ModelLoadError', 'MemoryConstraintError', 'CLIPFinetuningConfig',
            'config_reference', 'get_device', 'device_report', 'model_device', 'model_dtype', 'to_device',
-           'seed_everything', 'rng_state', 'set_rng_state']
+           'seed_everything', 'rng_state', 'set_rng_state', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #e5083ee1
 class CLIPFinetuningError(Exception):
@@ -451,3 +451,16 @@ def set_rng_state(s:dict # from `rng_state` (keys absent on this machine are ski
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
     if 'mps' in s and _mps_available(): torch.mps.set_rng_state(s['mps'])
+
+# %% ../nbs/00_core.ipynb #75d97f33
+def moved_names(module:str, # the module the names were in, e.g. 'clip_workbench.train'
+                moved:dict, # name -> the clip_workbench module that holds it now, e.g. 'controller'
+                warn:bool=True # warn that the old path is deprecated
+               ):
+    "A module `__getattr__` (PEP 562) serving names from the modules they moved to."
+    def __getattr__(name:str):
+        if name not in moved: raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new = f"clip_workbench.{moved[name]}"
+        if warn: warnings.warn(f"{module}.{name} moved to {new}: import it from there", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(new), name)
+    return __getattr__

@@ -4,14 +4,14 @@
 
 # %% ../nbs/01_data.ipynb #8e3d6fdf
 from __future__ import annotations
-import csv, importlib, random
+import csv, random
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .core import ConfigError, DataError
+from .core import ConfigError, DataError, moved_names
 from clip_workbench.records import (
     CAPTION_COLUMNS, DEFAULT_TEMPLATES, IMAGE_COLUMNS, IMAGE_EXTENSIONS, LABEL_COLUMNS, ImageTextRecord, _fmt,
     save_records, load_captions_txt, load_class_folders, load_csv, load_folder, load_hf_dataset, load_json, load_jsonl,
@@ -48,12 +48,8 @@ _all_ = ['IMAGE_COLUMNS', 'CAPTION_COLUMNS', 'LABEL_COLUMNS', 'IMAGE_EXTENSIONS'
 
 # %% ../nbs/01_data.ipynb #4588c592
 _ON_DEMAND = dict(TEST_FORMATS='testing', synthetic_image='testing', make_corrupt_jpeg='testing',
-                  make_test_images='testing', _seed='dataset')  # _seed: nbs/benchmarks/textile_recipe.ipynb
-
-def __getattr__(name:str):
-    "Names importable from here but loaded from their module on first use: the test fixtures, `_seed`."
-    if name not in _ON_DEMAND: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"clip_workbench.{_ON_DEMAND[name]}"), name)
+                  make_test_images='testing', _seed='dataset')  # _seed: benchmarks imported it from here before the split
+__getattr__ = moved_names(__name__, _ON_DEMAND, warn=False)  # the fixtures load only when asked for
 
 # %% ../nbs/01_data.ipynb #092aeb1f
 TEXTILE_CLASSES = ('nominal', 'local defect', 'global defect')

@@ -4,13 +4,13 @@
 
 # %% ../nbs/03_losses.ipynb #62059343
 from __future__ import annotations
-import difflib, importlib, inspect, warnings
+import difflib, inspect
 from typing import Optional
 
 import torch, torch.nn as nn
 from fastcore.basics import patch
 
-from .core import CLIPFinetuningConfig, ConfigError, DataError
+from .core import CLIPFinetuningConfig, ConfigError, DataError, moved_names
 from .temperature import SCHEDULES, TemperatureScheduler
 from .contrastive import LOSSES, register_loss, ImageTextLoss, CLIPContrastiveLoss, SigLIPLoss
 from .domain_losses import (STRATEGIES, DomainSpecificLoss, ClassPromptLoss, HardNegativeMiningLoss,
@@ -239,10 +239,4 @@ _MOVED = {**dict.fromkeys(('TuningResult', 'tune_loss_params', 'merge_loss_param
           **dict.fromkeys(('EXPLORER_LOSSES', 'synthetic_batch', 'explore_plot', 'loss_explorer'), 'loss_explorer')}
 
 # %% ../nbs/03_losses.ipynb #44915e47
-def __getattr__(name:str):
-    "A name that moved to a module built on this one: import it from there, warning that it moved (PEP 562)."
-    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    new = f'clip_workbench.{_MOVED[name]}'
-    warnings.warn(f"clip_workbench.losses.{name} moved to {new}; import it from there", DeprecationWarning,
-                  stacklevel=2)
-    return getattr(importlib.import_module(new), name)
+__getattr__ = moved_names(__name__, _MOVED)  # the tuning and explorer names, from the modules built on this one

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #b569b4cd
 from __future__ import annotations
-import importlib, math, os, warnings
+import math, os, warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 
 from .core import (CLIPFinetuningError, ConfigError, get_device, model_device, rng_state, set_rng_state,
-                                 to_device)
+                                 to_device, moved_names)
 from .callbacks import (EVENTS, BestModelCallback, Callback, CancelFit, CheckpointCallback, EarlyStopping,
                                       EvalCallback, LinearProbe, LogCallback, Order, PreciseBatchNorm, ProgressCallback,
                                       TensorBoardCallback, checkpoint_files, fire_event, plot_history,
@@ -379,11 +379,5 @@ def before_epoch(self:ResolutionSchedule, t):
 
 # %% ../nbs/05_train.ipynb #14ec3b0c
 _MOVED = dict.fromkeys(('CLIPFinetuningController', 'validate_run', 'config_splits', 'run_warnings'),
-                       'clip_workbench.controller')  # name -> its module now
-
-def __getattr__(name:str):
-    "A name that moved to another module: import it from there, with a DeprecationWarning."
-    if name not in _MOVED: raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"clip_workbench.train.{name} moved to {_MOVED[name]}: import it from there", DeprecationWarning,
-                  stacklevel=2)
-    return getattr(importlib.import_module(_MOVED[name]), name)
+                       'controller')  # name -> its module now
+__getattr__ = moved_names(__name__, _MOVED)
