@@ -8,7 +8,8 @@ import argparse, contextlib, importlib.metadata, json, os, platform, shutil, sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .core import CLIPFinetuningConfig, CLIPFinetuningError, config_reference, device_report
+from .core import (TEST_TIME_FLIPS, CLIPFinetuningConfig, CLIPFinetuningError, config_reference,
+                                 device_report)
 from .demo import DEMO_TARGETS, demo_rows, demo_targets, plot_demo, print_demo_report, save_demo_report
 
 # %% auto #0
@@ -154,10 +155,18 @@ def cmd_evaluate(args) -> int:
     from clip_workbench.evaluate import check_metrics, run_evaluation_from_path
     metrics = check_metrics(args.metrics)  # an unknown metric name fails before the model loads
     res = run_evaluation_from_path(args.model, args.data, args.out, device=args.device, metrics=metrics,
-                                   normal_class=args.normal_class, progress=not args.quiet)
+                                   normal_class=args.normal_class, flips=args.flips,
+                                   progress=not args.quiet)
     summary = Path(args.out)/'summary.md'
     print(summary.read_text() if summary.exists() else json.dumps(res, indent=2, default=str))
     return 0
+
+# %% ../nbs/11_cli.ipynb #d891718c
+def _flips_option(s):
+    "Add --flips, the test-time flips, to the sub-parser `s`."
+    s.add_argument('--flips', default='none', choices=TEST_TIME_FLIPS,
+                   help="test-time flips: each image as the mean of its views: h (and mirrored), v (and upside down), "
+                        "hv (all four); a fine-tuned run's is test_time_flips in its recipe.txt (default: none)")
 
 # %% ../nbs/11_cli.ipynb #c1000017
 def _evaluate_parser(sub):
@@ -169,6 +178,7 @@ def _evaluate_parser(sub):
     s.add_argument('--metrics',
                    help='comma-separated: zero_shot, retrieval, few_shot, similarity (default: all the data allows)')
     s.add_argument('--normal-class', help='class meaning "no defect": adds binary normal-vs-defect metrics')
+    _flips_option(s)
     s.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps')
     s.add_argument('--quiet', action='store_true', help='no progress bars')
     s.set_defaults(func=cmd_evaluate)
@@ -211,7 +221,7 @@ def cmd_predict(args) -> int:
                                   "--embeddings FILE.safetensors")
     paths = _image_paths(args.images)
     model, proc = load_model(args.model, device=args.device)
-    emb = encode_images(model, proc, paths, progress=False)
+    emb = encode_images(model, proc, paths, progress=False, flips=args.flips)
     if args.embeddings: _save_embeddings(args.embeddings, emb, paths)
     if args.labels: _print_labels(model, proc, emb, paths, args.labels, args.top_k)
     return 0
@@ -225,6 +235,7 @@ def _predict_parser(sub):
     s.add_argument('--labels', help="comma-separated class names for zero-shot prediction, e.g. 'nominal,local defect'")
     s.add_argument('--top-k', type=int, default=3, help='labels printed per image (default: 3)')
     s.add_argument('--embeddings', help='write image embeddings to this .safetensors file')
+    _flips_option(s)
     s.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps')
     s.set_defaults(func=cmd_predict)
 
@@ -428,7 +439,8 @@ def cmd_serve(args) -> int:
     print(_serve_banner(args), file=sys.stderr, flush=True)
     limits = ('max_batch_size', 'max_wait_ms', 'max_queue', 'max_items', 'max_body_bytes', 'max_image_pixels')
     serve(args.model_dir, host=args.host, port=args.port, log_level=args.log_level, backend=args.backend,
-          domain=args.domain, device=args.device, dtype=args.dtype, request_timeout_s=args.request_timeout,
+          domain=args.domain, flips=args.flips, device=args.device, dtype=args.dtype,
+          request_timeout_s=args.request_timeout,
           **{k: getattr(args, k) for k in limits})
     return 0
 
@@ -471,6 +483,7 @@ def _serve_parser(sub):
     s.add_argument('--domain', default=None,
                    help='domain whose prompt templates /v1/classify uses: general, medical, industrial, scientific '
                         '(default: general)')
+    _flips_option(s)
     s.add_argument('--device', default=None, help='torch backend: auto, cpu, cuda, cuda:N or mps (default: auto)')
     s.add_argument('--dtype', choices=('fp32', 'bf16', 'fp16'), default=None,
                    help='torch backend: run the model in this dtype (default: as stored)')

@@ -29,7 +29,7 @@ from .loss_tuning import TuningResult, check_tune_space, merge_loss_params, tune
 from .losses import check_loss_config, loss_from_config
 from .memory import MemoryManager, apply_memory_options
 from .models import SPECIAL_MODELS, link_duplicates, load_model, lock_tower, save_model
-from .recipes import Recipe, resolve_recipe, tune_space
+from .recipes import Recipe, flips_rule, resolve_recipe, tune_space
 from .train import ResolutionSchedule, Trainer, latest_checkpoint, parse_resolution_schedule
 
 # %% auto #0
@@ -228,13 +228,19 @@ def _val_metrics(self:CLIPFinetuningController, records, model=None) -> dict:
     "Zero-shot accuracy, balanced accuracy and macro F1 of `model` (default: the controller's) on `records`."
     r = evaluate_model(model or self.model, self.processor, records, metrics=['zero_shot'],
                        class_names=self.class_names, templates=self.domain.templates,
-                       descriptions=self._descriptions(), progress=False)['zero_shot']
+                       descriptions=self._descriptions(), flips=self._flips(), progress=False)['zero_shot']
     return dict(accuracy=r['accuracy'], balanced_accuracy=r['balanced_accuracy'], macro_f1=r['macro']['f1'])
 
 # %% ../nbs/05c_controller.ipynb #ce219677
 @patch
 def _descriptions(self:CLIPFinetuningController) -> dict:
     return {c: (self.descriptions or {}).get(c) or self.domain.canonical_class(c) for c in self.class_names}
+
+# %% ../nbs/05c_controller.ipynb #7e59a2c6
+@patch
+def _flips(self:CLIPFinetuningController) -> str:
+    "The test-time flips of every evaluation of the run: the config's, else the domain's (`recipes.flips_rule`)."
+    return self.config.test_time_flips or flips_rule(self.domain)[0]
 
 # %% ../nbs/05c_controller.ipynb #1d5138c4
 @patch
@@ -374,7 +380,7 @@ def _eval_kwargs(self:CLIPFinetuningController, records, domain_metrics:Optional
     if not hasattr(self, 'class_names'): self.class_names = sorted({r.label for r in records if r.label})
     return dict(metrics=list(domain_metrics or self.domain.metrics), class_names=self.class_names,
                 templates=self.domain.templates, descriptions=self._descriptions(),
-                normal_class=self.domain.normal_class(self.class_names), progress=False)
+                normal_class=self.domain.normal_class(self.class_names), flips=self._flips(), progress=False)
 
 # %% ../nbs/05c_controller.ipynb #9832d2a0
 @patch
@@ -382,12 +388,13 @@ def evaluate_on_domain(self:CLIPFinetuningController,
                        test_dataset=None, # test records (default: the config's test split)
                        domain_metrics:Optional[Sequence[str]]=None, # metric names (default: the domain's)
                        out_dir=None, # write results.json and plots here (default: no files)
-                       resolutions:Optional[Sequence[int]]=None # also at these sides (default: `resolution_schedule`'s)
+                       resolutions:Optional[Sequence[int]]=None, # also at these sides (default: `resolution_schedule`'s)
+                       flips:Optional[str]=None # test-time flips (default: the run's `test_time_flips`)
                       ) -> dict:
     "Evaluate the current model on the domain's metrics with its prompts (binary view when a normal class exists)."
     if test_dataset is None: test_dataset = getattr(self, 'test_records', None) or self.load_data()[2]
     records = list(test_dataset)
-    kw = self._eval_kwargs(records, domain_metrics)
+    kw = self._eval_kwargs(records, domain_metrics) | ({} if flips is None else dict(flips=flips))
     if resolutions is None and self.config.resolution_schedule:
         resolutions = sorted({s for _, s in parse_resolution_schedule(self.config.resolution_schedule)})
     if out_dir:

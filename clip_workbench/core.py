@@ -13,10 +13,10 @@ import numpy as np, psutil, torch, yaml
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['MIXED_PRECISION', 'LOCK_CHOICES', 'BATCHNORM_MODES', 'SAMPLERS', 'LOGGERS', 'VAL_METRICS', 'CLIPFinetuningError',
-           'ConfigError', 'DataError', 'ModelLoadError', 'MemoryConstraintError', 'CLIPFinetuningConfig',
-           'config_reference', 'get_device', 'device_report', 'model_device', 'model_dtype', 'to_device',
-           'seed_everything', 'rng_state', 'set_rng_state', 'moved_names']
+__all__ = ['MIXED_PRECISION', 'LOCK_CHOICES', 'BATCHNORM_MODES', 'SAMPLERS', 'TEST_TIME_FLIPS', 'LOGGERS', 'VAL_METRICS',
+           'CLIPFinetuningError', 'ConfigError', 'DataError', 'ModelLoadError', 'MemoryConstraintError',
+           'CLIPFinetuningConfig', 'config_reference', 'get_device', 'device_report', 'model_device', 'model_dtype',
+           'to_device', 'seed_everything', 'rng_state', 'set_rng_state', 'moved_names']
 
 # %% ../nbs/00_core.ipynb #e5083ee1
 class CLIPFinetuningError(Exception):
@@ -56,6 +56,7 @@ MIXED_PRECISION = ('auto', 'no', 'bf16', 'fp16')
 LOCK_CHOICES = ('vision', 'text', 'both', 'none')
 BATCHNORM_MODES = ('frozen', 'train', 'precise')
 SAMPLERS = ('shuffle', 'balanced')
+TEST_TIME_FLIPS = ('none', 'h', 'v', 'hv')
 LOGGERS = ('tensorboard',)
 VAL_METRICS = ('accuracy', 'balanced_accuracy', 'macro_f1')
 
@@ -145,6 +146,10 @@ class CLIPFinetuningConfig:
                                   "'train' (batch statistics) or 'precise' (train, re-estimated before each "
                                   "evaluation)",
                                   lambda v: v in BATCHNORM_MODES, ', '.join(map(repr, BATCHNORM_MODES)), recipe=True)
+    test_time_flips: Optional[str] = _f(None, "score each image as the average of its flipped views: 'none', 'h' "
+                                        "(and its mirror image), 'v' (and upside down) or 'hv' (all four); null: the "
+                                        "flips the domain's augmentation trains with", lambda v: v in TEST_TIME_FLIPS,
+                                        ', '.join(map(repr, TEST_TIME_FLIPS)), recipe=True)
     precise_bn_batches: int = _f(20, "with batchnorm 'precise': training batches the statistics are re-estimated over",
                                  _pos, 'an integer >= 1')
     sampler: str = _f('shuffle', "order of the training samples: 'shuffle', or 'balanced' (rare classes oversampled: "

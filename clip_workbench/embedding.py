@@ -6,6 +6,7 @@
 from __future__ import annotations
 import hashlib, json, os, warnings
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -15,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .core import ConfigError, DataError, model_device, model_dtype
+from .core import TEST_TIME_FLIPS, ConfigError, DataError, model_device, model_dtype
 from .data import (DEFAULT_TEMPLATES, ImageTextRecord, load_image, split_processor, text_max_length,
                                  text_padding)
 from .domains import get_domain
@@ -24,8 +25,8 @@ from .models import image_features, text_features
 from .precision import autocast_for
 
 # %% auto #0
-__all__ = ['model_fingerprint', 'cache_key', 'encode_images', 'encode_texts', 'embed_records', 'class_prompts',
-           'ensemble_text_embeddings', 'class_embeddings', 'logit_scale_of', 'class_probabilities',
+__all__ = ['FLIP_DIMS', 'model_fingerprint', 'cache_key', 'flip_mean', 'encode_images', 'encode_texts', 'embed_records',
+           'class_prompts', 'ensemble_text_embeddings', 'class_embeddings', 'logit_scale_of', 'class_probabilities',
            'zero_shot_probabilities', 'zero_shot_metrics']
 
 # %% ../nbs/06b_embedding.ipynb #2791e7b6
@@ -128,11 +129,22 @@ def _as_image(x) -> Image.Image:
     return x if isinstance(x, Image.Image) else load_image(x.image_path if isinstance(x, ImageTextRecord) else x)
 
 # %% ../nbs/06b_embedding.ipynb #03495836
-def _image_batch(model, image_processor, images:list, autocast:bool) -> torch.Tensor:
-    "Image features of a batch of images, records or paths, on the model's device and in its dtype."
+FLIP_DIMS = dict(zip(TEST_TIME_FLIPS, ([()], [(), (-1,)], [(), (-2,)], [(), (-1,), (-2,), (-2, -1)])))  # views: dims flipped
+
+def flip_mean(features:Callable, # pixels [B, 3, H, W] -> features [B, d]
+              px:torch.Tensor, # a batch of processed images
+              flips:str='none' # 'none', 'h' (mirrored), 'v' (upside down) or 'hv' (all four)
+             ) -> torch.Tensor:
+    "`features(px)`; with `flips`, the mean of the unit features of each flipped view of `px`."
+    if flips == 'none': return features(px)
+    return torch.stack([F.normalize(features(px.flip(d) if d else px).float(), dim=-1) for d in FLIP_DIMS[flips]]).mean(0)
+
+def _image_batch(model, image_processor, images:list, autocast:bool, flips:str='none') -> torch.Tensor:
+    "Image features of a batch of images, records or paths on the model's device; with `flips`, the mean of the views'."
     device = model_device(model)
     px = image_processor(images=[_as_image(x) for x in images], return_tensors='pt')['pixel_values']
-    with autocast_for(device, 'bf16' if autocast else 'no'): return image_features(model, px.to(device, model_dtype(model)))
+    with autocast_for(device, 'bf16' if autocast else 'no'):
+        return flip_mean(partial(image_features, model), px.to(device, model_dtype(model)), flips)
 
 # %% ../nbs/06b_embedding.ipynb #5d2942c7
 def encode_images(model, processor, # a CLIP-style model and its processor
@@ -141,18 +153,20 @@ def encode_images(model, processor, # a CLIP-style model and its processor
                   autocast:bool=False, # run the model under bf16 autocast
                   progress:bool=True, # show a progress bar
                   cache_dir=None, # folder of the embedding cache; None = no cache
-                  fingerprint:Optional[str]=None # `model_fingerprint(model)`, when already known
+                  fingerprint:Optional[str]=None, # `model_fingerprint(model)`, when already known
+                  flips:str='none' # views averaged: 'none', 'h' (mirrored), 'v' (upside down), 'hv' (all four)
                  ) -> torch.Tensor:
     "Unit-length image embeddings `[N, d]` (float32, CPU) in batches under inference mode; cached with `cache_dir`."
     images = list(images)
     if not images: raise DataError("no images to encode")
+    if flips not in FLIP_DIMS: raise ConfigError(f"flips={flips!r}; allowed: {', '.join(map(repr, FLIP_DIMS))}")
     ip, _ = split_processor(processor)
     if cache_dir is not None:
         key = cache_key('image', fingerprint or model_fingerprint(model), _settings(ip), [_image_id(x) for x in images],
-                        bool(autocast))
+                        bool(autocast), flips)
         return _cached(cache_dir, 'image', key,
-                       lambda: encode_images(model, processor, images, batch_size, autocast, progress))
-    forward = lambda a, b: _image_batch(model, ip, images[a:b], autocast)
+                       lambda: encode_images(model, processor, images, batch_size, autocast, progress, flips=flips))
+    forward = lambda a, b: _image_batch(model, ip, images[a:b], autocast, flips)
     return _encode(model, len(images), batch_size, forward, 'image embeddings', progress)
 
 # %% ../nbs/06b_embedding.ipynb #13f7c5cd
@@ -204,7 +218,8 @@ def embed_records(model, processor, # a CLIP-style model and its processor
                   batch_size:int=32, # images per forward pass (texts: 8x as many)
                   autocast:bool=False, # run the model under bf16 autocast
                   progress:bool=True, # show progress bars
-                  cache_dir=None # folder of the embedding cache; None = no cache
+                  cache_dir=None, # folder of the embedding cache; None = no cache
+                  flips:str='none' # image views averaged (see `encode_images`)
                  ) -> dict:
     "Unit-length embeddings of the distinct images and of all captions of `records`, with each caption's image index."
     images, labels, texts, t2i = _index_records(records)
@@ -212,7 +227,7 @@ def embed_records(model, processor, # a CLIP-style model and its processor
     fp = model_fingerprint(model) if cache_dir is not None else None
     kw = dict(autocast=autocast, progress=progress, cache_dir=cache_dir, fingerprint=fp)
     return dict(image_paths=images, labels=labels, texts=texts, text_to_image=torch.tensor(t2i, dtype=torch.long),
-                image=encode_images(model, processor, images, batch_size, **kw),
+                image=encode_images(model, processor, images, batch_size, flips=flips, **kw),
                 text=encode_texts(model, processor, texts, 8 * batch_size, **kw) if texts else None, fingerprint=fp)
 
 # %% ../nbs/06b_embedding.ipynb #9bb9e4b8

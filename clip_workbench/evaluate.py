@@ -138,6 +138,7 @@ def evaluate_model(model, processor, # a CLIP-style model and its processor
              chunk_size:Optional[int]=4096, # retrieval tile side
              batch_size:int=32, # images per forward pass
              autocast:bool=False, # bf16 autocast while encoding
+             flips:str='none', # test-time flips: image views averaged ('none', 'h', 'v', 'hv'; see `encode_images`)
              cache_dir=None, # embedding cache folder; None = no cache
              progress:bool=True # progress bars while encoding
             ) -> dict:
@@ -146,8 +147,8 @@ def evaluate_model(model, processor, # a CLIP-style model and its processor
     if not records: raise DataError("no records to evaluate")
     todo, skipped = _metrics_to_run(asked, records)    # the arguments are all checked before the (slow) encoding
     if 'zero_shot' in todo: _check_zero_shot(records, class_names, templates, normal_class)
-    emb = embed_records(model, processor, records, batch_size, autocast, progress, cache_dir)
-    res = dict(metrics=todo, skipped=skipped, **_what_was_evaluated(model, records, emb))
+    emb = embed_records(model, processor, records, batch_size, autocast, progress, cache_dir, flips)
+    res = dict(metrics=todo, skipped=skipped, flips=flips, **_what_was_evaluated(model, records, emb))
     if 'zero_shot' in todo or 'few_shot' in todo:
         names, keep, y = _label_indices(emb['labels'], class_names, emb['image_paths'])
         counts = torch.bincount(y, minlength=len(names)).tolist()

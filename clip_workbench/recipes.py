@@ -14,6 +14,7 @@ from fastcore.basics import patch
 from transformers import AutoConfig, PretrainedConfig
 
 from .core import CLIPFinetuningConfig, ConfigError, ModelLoadError
+from .data import make_augmentation
 from .domains import DomainPreset, get_domain
 from .losses import LOSSES, ClassPromptLoss, FocalLoss, check_loss_config
 from .loss_tuning import check_tune_space
@@ -21,7 +22,8 @@ from .loss_tuning import check_tune_space
 # %% auto #0
 __all__ = ['FAMILIES', 'CLIP_MODEL_TYPES', 'NAMED_FAMILIES', 'MODEL_RECIPES', 'MIN_STEPS_PER_EPOCH', 'MIN_BATCH_SIZE',
            'IMAGE_BUDGET', 'WARMUP_FRACTION', 'DOMAIN_FIELDS', 'DataSummary', 'summarize_data', 'family_of_config',
-           'model_family', 'batch_rule', 'epochs_rule', 'Recipe', 'tune_space', 'check_data_fit', 'resolve_recipe']
+           'model_family', 'batch_rule', 'epochs_rule', 'flips_rule', 'Recipe', 'tune_space', 'check_data_fit',
+           'resolve_recipe']
 
 # %% ../nbs/05a_recipes.ipynb #fb1923db
 @dataclass
@@ -148,6 +150,14 @@ def epochs_rule(n_train:int, # training records
     images, lo, hi = IMAGE_BUDGET[family]
     return max(lo, min(hi, math.ceil(images / max(1, n_train))))
 
+# %% ../nbs/05a_recipes.ipynb #157a80b1
+def flips_rule(domain:DomainPreset) -> tuple:
+    "The test-time flips of a domain (those its augmentation trains with), and why."
+    aug = make_augmentation(domain.augmentation)
+    flips = ''.join(k for k, p in (('h', aug and aug.hflip), ('v', aug and aug.vflip)) if p) or 'none'
+    if flips == 'none': return flips, f"the {domain.augmentation!r} augmentation trains without flips"
+    return flips, f"the flips the {domain.augmentation!r} augmentation trains with: an image scores as the mean of its views"
+
 # %% ../nbs/05a_recipes.ipynb #fca7137c
 @dataclass
 class Recipe:
@@ -247,6 +257,8 @@ def _resolve_rows(cfg:CLIPFinetuningConfig, family:str, data:DataSummary, domain
     _model_rows(pick, rec, data)
     _schedule_rows(pick, rec, data, family)
     pick('batchnorm', rec['batchnorm'][0], 'model recipe', rec['batchnorm'][1])
+    flips, why = flips_rule(domain)
+    pick('test_time_flips', flips, 'domain', why)
     return rows
 
 # %% ../nbs/05a_recipes.ipynb #a2259cc1

@@ -42,13 +42,14 @@ _all_ = ['log', 'ServeError', 'TorchBackend', 'OnnxBackend', 'load_backend', 'de
 # %% ../nbs/09_serve.ipynb #36838479
 class _Server:
     "The state behind one app: backend, preprocessing, batcher, metrics and limits."
-    def __init__(self, backend, processor, name:str, limits:Limits, domain:str='general', metrics:Optional[dict]=None):
+    def __init__(self, backend, processor, name:str, limits:Limits, domain:str='general', metrics:Optional[dict]=None,
+                 flips:str='none'):
         self.backend, self.name, self.limits, self.domain = backend, name, limits, get_domain(domain).name
         self.metrics = metrics or make_metrics()
         self.pre = Preprocessor(processor, backend.max_text_length, limits.max_image_pixels, limits.min_image_side)
         self.batcher = Batcher(backend, self.pre.tokenizer.pad_token_id or 0, backend.text_padding,
                                backend.max_text_length, limits.max_batch_size, limits.max_wait_ms, limits.max_queue,
-                               self.metrics)
+                               self.metrics, flips)
         self.prep_pool = ThreadPoolExecutor(2, thread_name_prefix='clip-decode')  # at most 2 images decoding at once
         self.class_cache, self.created = OrderedDict(), int(time.time())
         self._ready = (0.0, None)
@@ -61,7 +62,7 @@ def model_card(self:_Server) -> dict:
     return dict(id=self.name, object='model', created=self.created, owned_by='clip_workbench',
                 backend=self.backend.name, embedding_dim=self.embedding_dim,
                 max_text_length=self.backend.max_text_length, image_size=list(self.pre.image_size),
-                domain=self.domain, max_batch_size=self.limits.max_batch_size)
+                domain=self.domain, max_batch_size=self.limits.max_batch_size, flips=self.batcher.flips)
 
 # %% ../nbs/09_serve.ipynb #ec488c9c
 @patch
@@ -340,6 +341,7 @@ def create_app(model, # model folder, Hugging Face name, 'tiny', a CLIP-style mo
                domain:Optional[str]=None, # domain whose prompt templates /v1/classify uses (default 'general')
                device=None, dtype=None, # torch backend: device and dtype (e.g. 'bf16')
                model_name:Optional[str]=None, # the id /v1/models reports (default: the folder's name)
+               flips:str='none', # test-time flips: each image embedded as the mean of its views ('h', 'v', 'hv')
                **kwargs # more Limits: max_labels, min_image_side, ready_timeout_s, ready_cache_s
               ) -> FastAPI:
     "A FastAPI app serving embeddings, similarity and zero-shot classification for `model`."
@@ -347,7 +349,7 @@ def create_app(model, # model folder, Hugging Face name, 'tiny', a CLIP-style mo
                      max_body_bytes=max_body_bytes, max_image_pixels=max_image_pixels,
                      request_timeout_s=request_timeout_s, **kwargs)
     be, proc, name = load_backend(model, processor, backend, device, dtype)
-    server = _Server(be, proc, model_name or name, limits, domain or 'general')
+    server = _Server(be, proc, model_name or name, limits, domain or 'general', flips=flips)
     app = FastAPI(title='clip_workbench server', version='1', lifespan=_lifespan(server),
                   description='Embeddings, similarity and zero-shot classification with a CLIP-style model.')
     app.state.server = server

@@ -82,3 +82,26 @@ def test_predict_matches_evaluate(setup, reference, name):
     ref = reference[name].double()
     diff = float((got - ref).abs().max())
     assert diff <= TOL, f"predict vs evaluate: max difference {diff:.3g}\npredict:\n{got}\nevaluate:\n{ref}"
+
+
+def test_flips_agree(setup):
+    "With test-time flips 'hv': /v1/classify, `predict --flips hv` and zero_shot_probabilities agree (to TOL)."
+    folder, paths = setup
+    labels = LABEL_SETS['plain']
+    model, proc = load_model(folder, device='cpu')
+    ref = zero_shot_probabilities(model, proc, encode_images(model, proc, paths, progress=False, flips='hv'), labels).double()
+    single = zero_shot_probabilities(model, proc, encode_images(model, proc, paths, progress=False), labels).double()
+    assert float((ref - single).abs().max()) > TOL   # the flips change the answer, so agreement below means something
+    files = [('images', (p.name, p.read_bytes(), 'image/png')) for p in paths]
+    with serve_in_thread(create_app(folder, device='cpu', max_wait_ms=2, flips='hv')) as url:
+        r = httpx.post(f'{url}/v1/classify', data={'labels': ','.join(labels), 'top_k': '3'}, files=files, timeout=30)
+    assert r.status_code == 200, r.text
+    served = torch.tensor([by_label(d['predictions'], labels) for d in r.json()['data']], dtype=torch.float64)
+    p = subprocess.run([str(BIN), 'predict', str(folder), *map(str, paths), '--labels', ','.join(labels), '--top-k', '3',
+                        '--device', 'cpu', '--flips', 'hv'], capture_output=True, text=True, timeout=300, env=ENV)
+    assert p.returncode == 0, p.stderr
+    predicted = torch.tensor([by_label(json.loads(l)['labels'], labels) for l in p.stdout.splitlines() if l.strip()],
+                             dtype=torch.float64)
+    for who, got in (('serve', served), ('predict', predicted)):
+        diff = float((got - ref).abs().max())
+        assert diff <= TOL, f"{who} vs evaluate with flips: max difference {diff:.3g}\n{who}:\n{got}\nevaluate:\n{ref}"
