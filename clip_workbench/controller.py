@@ -28,6 +28,7 @@ from .wise_ft import wise_ft as mix_weights  # the controller's method `wise_ft`
 from .loss_tuning import TuningResult, check_tune_space, merge_loss_params, tune_loss_params
 from .losses import check_loss_config, loss_from_config
 from .memory import MemoryManager, apply_memory_options
+from .precision import resolve_precision
 from .models import SPECIAL_MODELS, link_duplicates, load_model, lock_tower, save_model
 from .recipes import Recipe, flips_rule, resolve_recipe, tune_space
 from .train import ResolutionSchedule, Trainer, latest_checkpoint, parse_resolution_schedule
@@ -228,7 +229,7 @@ def _val_metrics(self:CLIPFinetuningController, records, model=None) -> dict:
     "Zero-shot accuracy, balanced accuracy and macro F1 of `model` (default: the controller's) on `records`."
     r = evaluate_model(model or self.model, self.processor, records, metrics=['zero_shot'],
                        class_names=self.class_names, templates=self.domain.templates,
-                       descriptions=self._descriptions(), flips=self._flips(), progress=False)['zero_shot']
+                       descriptions=self._descriptions(), progress=False, **self.scoring())['zero_shot']
     return dict(accuracy=r['accuracy'], balanced_accuracy=r['balanced_accuracy'], macro_f1=r['macro']['f1'])
 
 # %% ../nbs/05c_controller.ipynb #ce219677
@@ -238,9 +239,10 @@ def _descriptions(self:CLIPFinetuningController) -> dict:
 
 # %% ../nbs/05c_controller.ipynb #7e59a2c6
 @patch
-def _flips(self:CLIPFinetuningController) -> str:
-    "The test-time flips of every evaluation of the run: the config's, else the domain's (`recipes.flips_rule`)."
-    return self.config.test_time_flips or flips_rule(self.domain)[0]
+def scoring(self:CLIPFinetuningController) -> dict:
+    "How every evaluation of the run scores images: its test-time flips, and bf16 autocast when it trains in bf16."
+    return dict(flips=self.config.test_time_flips or flips_rule(self.domain)[0],   # else the domain's (`recipes.flips_rule`)
+                autocast=resolve_precision(self.config.mixed_precision, self.device) == 'bf16')
 
 # %% ../nbs/05c_controller.ipynb #1d5138c4
 @patch
@@ -380,7 +382,7 @@ def _eval_kwargs(self:CLIPFinetuningController, records, domain_metrics:Optional
     if not hasattr(self, 'class_names'): self.class_names = sorted({r.label for r in records if r.label})
     return dict(metrics=list(domain_metrics or self.domain.metrics), class_names=self.class_names,
                 templates=self.domain.templates, descriptions=self._descriptions(),
-                normal_class=self.domain.normal_class(self.class_names), flips=self._flips(), progress=False)
+                normal_class=self.domain.normal_class(self.class_names), progress=False, **self.scoring())
 
 # %% ../nbs/05c_controller.ipynb #9832d2a0
 @patch

@@ -116,7 +116,8 @@ def zero_shot_evaluator(processor, # the models' processor
                         descriptions:Optional[dict]=None, # class name -> text for the templates
                         normal_class:Optional[str]=None, # adds binary accuracy (normal vs the rest)
                         prefix:str='', # prefix of the metric names, e.g. 'ood ' for a shifted set
-                        flips:str='none' # test-time flips: image views averaged (see `embedding.encode_images`)
+                        flips:str='none', # test-time flips: image views averaged (see `embedding.encode_images`)
+                        autocast:bool=False # encode under bf16 autocast (as a run that trains in bf16 evaluates)
                        ) -> Callable:
     "An `evaluate_fn` for `wise_ft_sweep`: zero-shot accuracy, balanced accuracy, macro F1 (and binary) on `records`."
     from clip_workbench.evaluate import evaluate_model  # evaluate (and matplotlib) only when asked for
@@ -124,7 +125,7 @@ def zero_shot_evaluator(processor, # the models' processor
     def evaluate_fn(model) -> dict:
         r = evaluate_model(model, processor, records, metrics=['zero_shot'], class_names=class_names,
                            templates=templates, descriptions=descriptions, normal_class=normal_class,
-                           flips=flips, progress=False)['zero_shot']
+                           flips=flips, autocast=autocast, progress=False)['zero_shot']
         return _zero_shot_summary(r, prefix)
     return evaluate_fn
 
