@@ -25,9 +25,9 @@ from .models import image_features, text_features
 from .precision import autocast_for
 
 # %% auto #0
-__all__ = ['FLIP_DIMS', 'model_fingerprint', 'cache_key', 'flip_mean', 'encode_images', 'encode_texts', 'embed_records',
-           'class_prompts', 'ensemble_text_embeddings', 'class_embeddings', 'logit_scale_of', 'class_probabilities',
-           'zero_shot_probabilities', 'zero_shot_metrics']
+__all__ = ['FLIP_DIMS', 'model_fingerprint', 'cache_key', 'check_flips', 'flip_mean', 'encode_images', 'encode_texts',
+           'embed_records', 'class_prompts', 'ensemble_text_embeddings', 'class_embeddings', 'logit_scale_of',
+           'class_probabilities', 'zero_shot_probabilities', 'zero_shot_metrics']
 
 # %% ../nbs/06b_embedding.ipynb #2791e7b6
 @contextmanager
@@ -131,6 +131,11 @@ def _as_image(x) -> Image.Image:
 # %% ../nbs/06b_embedding.ipynb #03495836
 FLIP_DIMS = dict(zip(TEST_TIME_FLIPS, ([()], [(), (-1,)], [(), (-2,)], [(), (-1,), (-2,), (-2, -1)])))  # views: dims flipped
 
+def check_flips(flips:str) -> str:
+    "`flips` if it names a set of views, else a ConfigError listing those that do."
+    if flips not in FLIP_DIMS: raise ConfigError(f"flips={flips!r}; allowed: {', '.join(map(repr, FLIP_DIMS))}")
+    return flips
+
 def flip_mean(features:Callable, # pixels [B, 3, H, W] -> features [B, d]
               px:torch.Tensor, # a batch of processed images
               flips:str='none' # 'none', 'h' (mirrored), 'v' (upside down) or 'hv' (all four)
@@ -159,7 +164,7 @@ def encode_images(model, processor, # a CLIP-style model and its processor
     "Unit-length image embeddings `[N, d]` (float32, CPU) in batches under inference mode; cached with `cache_dir`."
     images = list(images)
     if not images: raise DataError("no images to encode")
-    if flips not in FLIP_DIMS: raise ConfigError(f"flips={flips!r}; allowed: {', '.join(map(repr, FLIP_DIMS))}")
+    check_flips(flips)
     ip, _ = split_processor(processor)
     if cache_dir is not None:
         key = cache_key('image', fingerprint or model_fingerprint(model), _settings(ip), [_image_id(x) for x in images],

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .core import CLIPFinetuningError, ConfigError, DataError, ModelLoadError, model_device, model_dtype
 from .data import open_image, processor_image_size, split_processor, text_max_length, text_padding
-from .embedding import FLIP_DIMS, flip_mean
+from .embedding import check_flips, flip_mean
 from .evaluate import logit_scale_of
 from . import models
 from .models import load_model, load_processor
@@ -252,8 +252,7 @@ class Batcher:
                  max_queue:int=1024, # items waiting at most; more -> 429
                  metrics:Optional[dict]=None, # from `make_metrics`
                  flips:str='none'): # test-time flips: an image's features are the mean of its views' (see `flip_mean`)
-        if flips not in FLIP_DIMS: raise ConfigError(f"flips={flips!r}; allowed: {', '.join(map(repr, FLIP_DIMS))}")
-        self.backend, self.pad_id, self.text_padding, self.flips = backend, pad_id, text_padding, flips
+        self.backend, self.pad_id, self.text_padding, self.flips = backend, pad_id, text_padding, check_flips(flips)
         self.max_text_length, self.max_batch_size, self.max_wait = max_text_length, max_batch_size, max_wait_ms / 1000
         self.max_queue, self.metrics = max_queue, metrics
         self.executor = ThreadPoolExecutor(1, thread_name_prefix='clip-model')
